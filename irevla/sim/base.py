@@ -40,6 +40,10 @@ def check_instruction(instruction: str) -> str:
     return instruction
 
 
+class UnknownTaskError(ValueError):
+    """A task (or family) name that no env knows; the message lists or points to the valid names."""
+
+
 class ContractEnv(gym.Env):
     """Base class: subclasses set `task_spec`, build `observation_space`/`action_space`, and call `_make_obs`."""
 

@@ -19,18 +19,22 @@ Rendering uses `CameraRenderer`; `fast=True` (the default) turns off MSAA, shado
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from irevla.sim.base import ContractEnv, check_instruction, observation_space
+from irevla.sim.base import ContractEnv, UnknownTaskError, check_instruction, observation_space
 from irevla.sim.rendering import CameraRenderer
 from irevla.sim.variations import Variation, VariationError, parse_variation, recolor_geoms, scale_geoms
 from irevla.spec import METAWORLD_PROPRIO, ActionSpec, ObservationSpec, TaskSpec
 
 DEFAULT_MAX_STEPS = 500
+
+# Meta-World's scripted policies warn on every call that their gains may be "too high"; the env clips anyway.
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
 
 INSTRUCTIONS: dict[str, str] = {
     "assembly-v3": "put the ring on the peg",
@@ -97,7 +101,7 @@ def _env_class(task: str):
 
     if task not in ALL_V3_ENVIRONMENTS:
         close = [n for n in ALL_V3_ENVIRONMENTS if task.split("-v")[0] in n]
-        raise ValueError(f"unknown Meta-World task {task!r}" + (f"; did you mean {close}?" if close else
+        raise UnknownTaskError(f"unknown Meta-World task {task!r}" + (f"; did you mean {close}?" if close else
                                                                  "; `irevla sim list` prints all task names"))
     return ALL_V3_ENVIRONMENTS[task]
 

@@ -1,0 +1,226 @@
+"""`irevla <command>`: the entry point. Thin on purpose: parse arguments, call into the packages, print results.
+
+Errors that a user can fix (a bad config, a corrupt file, an unknown task) are printed as one clear message and
+exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from irevla import __version__
+
+EPILOG = """\
+Typical session:
+  irevla demo                                   # the simulated demo: expert data (and, later, the iRe-VLA loop)
+  irevla sim list                               # every simulated task, with its instruction
+  irevla sim show --task drawer-open-v3 --variation color:red --out drawer.png
+  irevla demos sim --tasks button-press-v3 drawer-open-v3 --episodes 20 --out data/expert
+  irevla data info data/expert                  # what is in a dataset
+  irevla data check data/expert                 # find corrupt or truncated episode files
+
+`irevla COMMAND --help` explains each command. Docs: README.md and docs/.
+"""
+
+
+class UserError(Exception):
+    """Raised for problems the user can fix; printed without a traceback."""
+
+
+# ------------------------------------------------------------------------------------------------------ commands
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from irevla.config import DemoConfig, load_config, validate_config
+    from irevla.data.store import format_summary
+    from irevla.sim.demos import collect_expert_demos
+
+    config = load_config(args.config, DemoConfig) if args.config else validate_config({}, DemoConfig, "<defaults>")
+    if args.episodes is not None:
+        config = config.model_copy(update={"demos": config.demos.model_copy(update={"episodes": args.episodes})})
+    demos = config.demos
+    out = Path(args.out) if args.out else Path(demos.out)
+    print(f"irevla demo: recording {demos.episodes} scripted-expert episode(s) of {', '.join(demos.tasks)} "
+          f"({demos.family}, {demos.render.image_size}px {'/'.join(demos.render.cameras)}) into {out}")
+    report = collect_expert_demos(
+        demos.tasks, demos.episodes, out, family=demos.family, image_size=demos.render.image_size,
+        cameras=demos.render.cameras, fast=demos.render.fast, seed=demos.seed, keep_failures=demos.keep_failures,
+        action_noise=demos.action_noise, max_attempts_factor=demos.max_attempts_factor)
+    print(report.format())
+    print()
+    print(format_summary([out]))
+    return 0 if all(t.kept >= demos.episodes for t in report.tasks) else 1
+
+
+def _cmd_demos_sim(args: argparse.Namespace) -> int:
+    from irevla.sim.demos import collect_expert_demos
+
+    cameras = tuple(args.cameras) if args.cameras else None
+    report = collect_expert_demos(
+        args.tasks, args.episodes, args.out, family=args.family, image_size=args.image_size, cameras=cameras,
+        fast=not args.default_render, seed=args.seed, keep_failures=args.keep_failures,
+        action_noise=args.noise, variation=args.variation, variation_seed=args.variation_seed, round=args.round,
+        max_episode_steps=args.max_steps)
+    print(report.format())
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+    short = [t.task for t in report.tasks if t.kept < args.episodes]
+    if short:
+        print(f"warning: fewer than {args.episodes} episodes kept for {short} (expert failed too often)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from irevla.data.store import check_directories
+
+    n_ok, problems = check_directories(args.dirs)
+    for path, problem in problems:
+        print(f"BAD  {path}: {problem}")
+    print(f"{n_ok} episode file(s) OK, {len(problems)} bad")
+    return 1 if problems else 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from irevla.data.store import format_summary
+
+    print(format_summary(args.dirs))
+    return 0
+
+
+def _cmd_sim_list(args: argparse.Namespace) -> int:
+    from irevla.sim.registry import FAMILIES, task_names
+
+    for family in [args.family] if args.family else FAMILIES:
+        if family == "metaworld":
+            from irevla.sim.metaworld import INSTRUCTIONS
+        else:
+            from irevla.sim.kitchen import INSTRUCTIONS
+        print(f"{family}:")
+        for name in task_names(family):
+            print(f"  {name:32s} {INSTRUCTIONS.get(name, '')}")
+    return 0
+
+
+def _cmd_sim_show(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from irevla.sim.registry import make_env_by_name
+
+    env = make_env_by_name(args.family, args.task, cameras=args.cameras or None, image_size=args.image_size,
+                           fast=not args.default_render, variation=args.variation,
+                           variation_seed=args.variation_seed)
+    try:
+        obs, _ = env.reset(seed=args.seed)
+        strip = np.concatenate([obs["images"][c] for c in env.task_spec.observation_spec.cameras], axis=1)
+        Image.fromarray(strip).save(args.out)
+    finally:
+        env.close()
+    print(f"{env.task_spec.full_name}: '{env.task_spec.instruction}' -> {args.out} "
+          f"({', '.join(env.task_spec.observation_spec.cameras)})")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------- parser
+def _add_render_args(parser: argparse.ArgumentParser, image_size: int) -> None:
+    parser.add_argument("--family", default="metaworld", choices=("metaworld", "kitchen"),
+                        help="simulation family (default: metaworld)")
+    parser.add_argument("--image-size", type=int, default=image_size, help=f"square image side (default {image_size})")
+    parser.add_argument("--cameras", nargs="+", metavar="CAM", help="camera names (default: the family's default)")
+    parser.add_argument("--default-render", action="store_true",
+                        help="MuJoCo's default quality (MSAA, shadows): ~10x slower on a CPU renderer")
+    parser.add_argument("--variation", default="", help="task variation, e.g. color:red or obj:0.1,0,0+scale:1.2 "
+                                                        "(see irevla/sim/variations.py)")
+    parser.add_argument("--variation-seed", type=int, default=0, help="seed for random variations (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="irevla", description="iRe-VLA: improve a vision-language-action policy with online RL.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"irevla {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser("demo", help="run the simulated demo (what `make demo` runs)",
+                               description="Record a small scripted-expert dataset in simulation and print its "
+                                           "summary. Settings come from --config (default: built-in defaults, "
+                                           "the same as config/demo.yaml).")
+    demo.add_argument("--config", help="YAML config (see config/demo.yaml)")
+    demo.add_argument("--out", help="output directory (default: the config's demos.out)")
+    demo.add_argument("--episodes", type=int, help="episodes per task (default: the config's demos.episodes)")
+    demo.set_defaults(func=_cmd_demo)
+
+    demos = commands.add_parser("demos", help="record expert demonstrations")
+    demos_sub = demos.add_subparsers(dest="demos_command", metavar="SOURCE", required=True)
+    sim = demos_sub.add_parser("sim", help="scripted experts in simulation",
+                               description="Run each task's scripted expert, render its cameras and write one HDF5 "
+                                           "file per episode. Only successful episodes are kept unless "
+                                           "--keep-failures; the number of failures is reported.")
+    sim.add_argument("--tasks", nargs="+", required=True, metavar="TASK", help="task names (see `irevla sim list`)")
+    sim.add_argument("--episodes", type=int, required=True, help="episodes to keep per task")
+    sim.add_argument("--out", required=True, help="output directory (created if missing; episodes are added)")
+    sim.add_argument("--seed", type=int, default=0, help="first reset seed; attempt k uses seed + k (default 0)")
+    sim.add_argument("--noise", type=float, default=0.0,
+                     help="DART noise std on executed actions; the clean expert action is stored (default 0)")
+    sim.add_argument("--keep-failures", action="store_true", help="also write failed episodes (success=False)")
+    sim.add_argument("--round", type=int, default=0, help="iRe-VLA round recorded in each episode (default 0)")
+    sim.add_argument("--max-steps", type=int, help="episode time limit (default: the task's own)")
+    sim.add_argument("--report", help="also write the per-task report as JSON here")
+    _add_render_args(sim, 128)
+    sim.set_defaults(func=_cmd_demos_sim)
+
+    data = commands.add_parser("data", help="inspect and check episode datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    check = data_sub.add_parser("check", help="validate every episode file; report all bad ones",
+                                description="Open and validate every episode file (schema, keys, dtypes, shapes). "
+                                            "Reports all bad files; exits 1 if any.")
+    check.add_argument("dirs", nargs="+", metavar="DIR")
+    check.set_defaults(func=_cmd_data_check)
+    info = data_sub.add_parser("info", help="summary: episodes per task, successes, steps, sources, size")
+    info.add_argument("dirs", nargs="+", metavar="DIR")
+    info.set_defaults(func=_cmd_data_info)
+
+    simcmd = commands.add_parser("sim", help="simulated tasks: list them, look at them")
+    sim_sub = simcmd.add_subparsers(dest="sim_command", metavar="ACTION", required=True)
+    listing = sim_sub.add_parser("list", help="list task names and instructions")
+    listing.add_argument("--family", choices=("metaworld", "kitchen"))
+    listing.set_defaults(func=_cmd_sim_list)
+    show = sim_sub.add_parser("show", help="render a task's cameras after reset to a PNG")
+    show.add_argument("--task", required=True)
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--out", default="task.png", help="PNG path (default task.png)")
+    _add_render_args(show, 224)
+    show.set_defaults(func=_cmd_sim_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from irevla.config import ConfigError
+    from irevla.spec import ContractError
+
+    args = build_parser().parse_args(argv)
+    user_errors: tuple[type[BaseException], ...] = (UserError, ConfigError, ContractError, FileNotFoundError)
+    try:
+        from irevla.data.episode_file import EpisodeFormatError
+        from irevla.sim.base import UnknownTaskError
+        from irevla.sim.variations import VariationError
+
+        user_errors += (EpisodeFormatError, UnknownTaskError, VariationError)
+    except ImportError:  # an install without the sim extra still gets clear errors for the rest
+        pass
+    try:
+        return int(args.func(args) or 0)
+    except user_errors as exc:
+        print(f"irevla: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("irevla: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

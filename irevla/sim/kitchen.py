@@ -1,0 +1,476 @@
+"""Franka Kitchen (gymnasium-robotics ``FrankaKitchen-v1``) as single-task irevla contract envs.
+
+`KitchenEnv("microwave-open", cameras=("front",), image_size=128)` poses one of the paper's five Kitchen expert tasks:
+
+================== ======================================= ==========================================================
+task               instruction                             success (joint state of the kitchen)
+================== ======================================= ==========================================================
+``knob-on``        "turn on the bottom burner knob"        ``bottom burner`` of FrankaKitchen-v1: (knob 2, burner)
+                                                           within 0.3 of (-0.88, -0.01), i.e. knob turned ~0.6-1.2 rad
+``light-on``       "turn on the light switch"              ``light switch``: within 0.3 of (-0.69, -0.05)
+``microwave-open`` "open the microwave door"               ``microwave``: door within 0.3 of -0.75 rad (>= 0.45 rad)
+``slide-door-open`` "slide the cabinet door open"           slide door opened >= 0.20 m (FrankaKitchen-v1's
+                                                           ``slide cabinet`` goal already counts 7 cm; half the travel
+                                                           is what we call open)
+``left-door-open`` "open the left door of the hinge         left door of the hinge cabinet (joint
+                   cabinet"                                ``left_hinge_cabinet``) opened >= 0.70 rad; FrankaKitchen's
+                                                           ``hinge cabinet`` goal is the *right* door
+================== ======================================= ==========================================================
+
+The dynamics are FrankaKitchen-v1's own: the same MJCF, 40 physics steps of 2 ms per env step (12.5 Hz control),
+the same position-servo Panda and, in ``action_mode="joint_velocity"``, its native 9-D action (normalised joint
+velocities, 1.0 = 2 rad/s; gymnasium-robotics' `FrankaRobot.step` runs it, observation noise included).
+
+Actions (``action_mode="ee_delta"``, the default and what the VLA outputs)
+    7-D `ActionSpec` with ``frame="base"``: dx dy dz (m), drx dry drz (rad, axis-angle), gripper (0 open ... 1
+    closed), all expressed in the robot's base frame (``panda0_link0``: x points into the kitchen, y to the robot's
+    left, z up). Each step moves a target pose by the delta (translation added, rotation pre-multiplied), keeps the
+    target within `max_target_error` of the measured pose (SERL's reference clipping: pushing against a door cannot
+    wind the target up), solves damped-least-squares differential IK on the MuJoCo site Jacobian (`mj_jacSite` of
+    the ``end_effector`` site, a posture task in the null space) and sends the joint targets to the servos. The real
+    Franka runs with gravity compensation, so the arm's bodies are gravity-compensated in this mode
+    (``body_gravcomp``); FrankaKitchen's servos alone sag ~0.5 m in 80 steps of zero velocity.
+    Actions are clipped to the spec; NaN/inf raise `irevla.spec.ContractError` before anything reaches the sim.
+
+Observation
+    ``proprio`` = `spec.REAL_ROBOT_PROPRIO`: EE position (m) and rotation (axis-angle, rad) of the ``end_effector``
+    site in the base frame, gripper width (m, 0 ... 0.08) — exact sim state, so sim and real robot line up.
+    Images from named cameras, upright. FrankaKitchen's two cameras (``left_cap``, ``right_cap``) stare at the
+    counter from 1 m away, so we add cameras to the MJCF at load time (`mujoco.MjSpec`): ``front`` (behind and
+    above the robot, sees all five task objects and the arm), ``left`` (over the microwave / hinge cabinet side),
+    ``wrist`` (on the hand, looking along the gripper). `CameraRenderer` renders them, ``fast=True`` by default.
+
+Episodes
+    Reward 1.0 on success (sparse), ``info["success"]``, termination on success, truncation after
+    `max_episode_steps` (280 = FrankaKitchen-v1's default, 22.4 s). The kitchen always starts closed; FrankaKitchen
+    starts the arm in one fixed pose, we add seeded uniform noise of `reset_noise` rad to the 7 arm joints so that
+    seeds differ (``reset_noise=0`` restores the fixed start).
+
+Variations (`irevla.sim.variations` strings, seeded, reproducible)
+    ``color:NAME`` / ``color:random`` / ``color:r,g,b`` recolours the task's target (the slide door's panel for
+    ``slide-door-open``, the paper's "slide door red"; the microwave door, the left cabinet door, the knob, the
+    switch lever for the others); handles keep their metal look. ``hand:DX,DY,DZ`` / ``hand:random(N)`` shifts the
+    arm's start (world frame, m). Other kinds raise `VariationError`.
+
+Scripted experts: `KitchenEnv.expert()` / `irevla.sim.kitchen_expert.make_expert(env)`; success rates are in that
+module's docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import mujoco  # irevla.sim's __init__ has chosen a headless GL backend before this import
+import numpy as np
+from gymnasium import spaces
+
+from irevla.sim.base import ContractEnv, check_instruction, observation_space
+from irevla.sim.rendering import CameraRenderer
+from irevla.sim.variations import Variation, VariationError, parse_variation, recolor_geoms
+from irevla.spec import REAL_ROBOT_PROPRIO, ActionSpec, ContractError, ObservationSpec, TaskSpec
+
+DEFAULT_MAX_STEPS = 280
+ACTION_MODES = ("ee_delta", "joint_velocity")
+ARM_JOINTS = 7
+GRIPPER_MAX_WIDTH = 0.08  # two fingers, 0 .. 0.04 m each
+FRAME_SKIP = 40  # FrankaKitchen-v1: 40 x 2 ms per step
+
+# FrankaKitchen-v1's start state (gymnasium_robotics.envs.franka_kitchen.kitchen_env.KitchenEnv.__init__ sets it as
+# a literal; copied so that we can build the robot without its wrapper).
+KITCHEN_INIT_QPOS = np.array([
+    1.48388023e-01, -1.76848573e00, 1.84390296e00, -2.47685760e00, 2.60252026e-01, 7.12533105e-01, 1.59515394e00,
+    4.79267505e-02, 3.71350919e-02, -2.66279850e-04, -5.18043486e-05, 3.12877220e-05, -4.51199853e-05,
+    -3.90842156e-06, -4.22629655e-05, 6.28065475e-05, 4.04984708e-05, 4.62730939e-04, -2.26906415e-04,
+    -4.65501369e-04, -6.44129196e-03, -1.77048263e-03, 1.08009684e-03, -2.69397440e-01, 3.50383255e-01,
+    1.61944683e00, 1.00618764e00, 4.06395120e-03, -6.62095997e-03, -2.68278933e-04])
+
+
+@dataclass(frozen=True)
+class KitchenTask:
+    """One task: success when ``|qpos[joints] - goal| < tolerance`` (FrankaKitchen's criterion, per task)."""
+
+    name: str
+    instruction: str
+    joints: tuple[str, ...]
+    goal: tuple[float, ...]
+    tolerance: float
+    target_bodies: tuple[str, ...]  # what a colour variation recolours (visual geoms of these bodies)
+    handle_site: str  # where the expert grasps or pushes
+
+
+TASKS: dict[str, KitchenTask] = {t.name: t for t in (
+    KitchenTask("knob-on", "turn on the bottom burner knob", ("knob_Joint_2", "bottom_left_burner"), (-0.88, -0.01),
+                0.3, ("knob 2",), "knob2_site"),
+    KitchenTask("light-on", "turn on the light switch", ("light_switch", "light_joint"), (-0.69, -0.05), 0.3,
+                ("lightswitchroot",), "light_site"),
+    KitchenTask("microwave-open", "open the microwave door", ("microwave",), (-0.75,), 0.3, ("microdoorroot",),
+                "microhandle_site"),
+    KitchenTask("slide-door-open", "slide the cabinet door open", ("slide_cabinet",), (0.44,), 0.24, ("slidelink",),
+                "slide_site"),
+    KitchenTask("left-door-open", "open the left door of the hinge cabinet", ("left_hinge_cabinet",), (-1.57,), 0.87,
+                ("hingeleftdoor",), "hinge_site1"),
+)}
+
+# Materials that stay as they are under a colour variation: handles and the microwave window.
+_KEEP_MATERIALS = ("metal", "window")
+
+
+def task_names() -> list[str]:
+    return list(TASKS)
+
+
+# ------------------------------------------------------------------------------------------------------ cameras
+@dataclass(frozen=True)
+class CameraDef:
+    """A camera we add to the MJCF: in `body` (None = world) at `pos`, looking at `lookat` (same frame)."""
+
+    pos: tuple[float, float, float]
+    lookat: tuple[float, float, float]
+    fovy: float = 45.0
+    body: str | None = None
+    up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+
+
+ADDED_CAMERAS: dict[str, CameraDef] = {
+    # High behind the robot, centred on the kitchen: all five task objects and the arm in one view.
+    "front": CameraDef(pos=(-0.3, -0.9, 3.1), lookat=(-0.35, 0.6, 2.15), fovy=50.0),
+    # Behind the robot's right shoulder, lower: the microwave, knobs and switch from the side the arm works on.
+    "side": CameraDef(pos=(0.35, -1.05, 2.95), lookat=(-0.4, 0.55, 2.1), fovy=50.0),
+    # On the hand, above the palm, looking between the fingers; image-up is the hand's x axis. Link 7's frame is the
+    # hand's turned by 45 degrees about z, hence the rotated coordinates.
+    "wrist": CameraDef(pos=(0.0495, -0.0495, 0.1), lookat=(0.0, 0.0, 0.32), fovy=70.0, body="panda0_link7",
+                       up=(0.7071, -0.7071, 0.0)),
+}
+DEFAULT_CAMERAS = ("front",)
+
+
+def _look_at_quat(pos: Sequence[float], lookat: Sequence[float], up: Sequence[float]) -> np.ndarray:
+    """Quaternion of a MuJoCo camera at `pos` looking at `lookat` (a camera looks along its -z, y is image-up)."""
+    forward = np.asarray(lookat, float) - np.asarray(pos, float)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, np.asarray(up, float))
+    right /= np.linalg.norm(right)
+    cam_up = np.cross(right, forward)
+    mat = np.stack([right, cam_up, -forward], axis=1)
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, mat.reshape(-1))
+    return quat
+
+
+def _kitchen_xml() -> Path:
+    import gymnasium_robotics
+
+    return (Path(gymnasium_robotics.__file__).parent / "envs" / "assets" / "kitchen_franka" / "kitchen_assets"
+            / "kitchen_env_model.xml")
+
+
+def _make_robot(render_width: int, render_height: int, robot_noise_ratio: float):
+    """gymnasium-robotics' `FrankaRobot` (the Panda half of FrankaKitchen-v1) on the kitchen MJCF plus our cameras."""
+    from gymnasium_robotics.envs.franka_kitchen.franka_env import FrankaRobot
+
+    class _KitchenRobot(FrankaRobot):
+        def _initialize_simulation(self):
+            spec = mujoco.MjSpec.from_file(self.fullpath)
+            for name, cam in ADDED_CAMERAS.items():
+                parent = spec.worldbody if cam.body is None else spec.body(cam.body)
+                parent.add_camera(name=name, pos=list(cam.pos), quat=list(_look_at_quat(cam.pos, cam.lookat, cam.up)),
+                                  fovy=cam.fovy)
+            model = spec.compile()
+            model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+            model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+            return model, mujoco.MjData(model)
+
+    robot = _KitchenRobot(model_path=str(_kitchen_xml()), frame_skip=FRAME_SKIP, robot_noise_ratio=robot_noise_ratio,
+                          width=render_width, height=render_height)
+    robot.init_qpos = KITCHEN_INIT_QPOS.copy()  # as FrankaKitchen-v1 does
+    return robot
+
+
+# ------------------------------------------------------------------------------------------------ rotations
+def rotvec_to_mat(rotvec: np.ndarray) -> np.ndarray:
+    quat = np.zeros(4)
+    angle = float(np.linalg.norm(rotvec))
+    axis = np.asarray(rotvec, float) / angle if angle > 1e-12 else np.array([1.0, 0.0, 0.0])
+    mujoco.mju_axisAngle2Quat(quat, axis, angle)
+    mat = np.zeros(9)
+    mujoco.mju_quat2Mat(mat, quat)
+    return mat.reshape(3, 3)
+
+
+def mat_to_rotvec(mat: np.ndarray) -> np.ndarray:
+    """Axis-angle (angle in [0, pi]) of a rotation matrix."""
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, np.asarray(mat, float).reshape(-1))
+    if quat[0] < 0:
+        quat = -quat
+    vel = np.zeros(3)
+    mujoco.mju_quat2Vel(vel, quat, 1.0)
+    return vel
+
+
+# ---------------------------------------------------------------------------------------------- differential IK
+class DifferentialIK:
+    """Damped least squares on the site Jacobian, with a posture task in the null space.
+
+    Runs on its own scratch `MjData` (kinematics only), so solving never disturbs the simulation.
+    """
+
+    def __init__(self, model: mujoco.MjModel, site: str, rest_qpos: np.ndarray, damping: float = 0.05,
+                 rotation_weight: float = 0.5, posture_gain: float = 0.1, max_joint_step: float = 0.2) -> None:
+        self.model = model
+        self.site_id = model.site(site).id
+        self.scratch = mujoco.MjData(model)
+        self.rest = np.asarray(rest_qpos[:ARM_JOINTS], float).copy()
+        self.damping, self.rotation_weight = damping, rotation_weight
+        self.posture_gain, self.max_joint_step = posture_gain, max_joint_step
+        self.low = model.jnt_range[:ARM_JOINTS, 0].copy()
+        self.high = model.jnt_range[:ARM_JOINTS, 1].copy()
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+
+    def site_pose(self, qpos_arm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.scratch.qpos[:ARM_JOINTS] = qpos_arm
+        mujoco.mj_kinematics(self.model, self.scratch)
+        return self.scratch.site_xpos[self.site_id].copy(), self.scratch.site_xmat[self.site_id].reshape(3, 3).copy()
+
+    def solve(self, qpos_arm: np.ndarray, target_pos: np.ndarray, target_mat: np.ndarray,
+              iterations: int = 2) -> np.ndarray:
+        """Joint positions (7) that move the site towards the world pose (target_pos, target_mat)."""
+        q = np.asarray(qpos_arm, float).copy()
+        weights = np.array([1.0, 1.0, 1.0] + [self.rotation_weight] * 3)
+        for _ in range(iterations):
+            pos, mat = self.site_pose(q)
+            mujoco.mj_comPos(self.model, self.scratch)
+            mujoco.mj_jacSite(self.model, self.scratch, self._jacp, self._jacr, self.site_id)
+            jac = np.vstack([self._jacp[:, :ARM_JOINTS], self._jacr[:, :ARM_JOINTS]]) * weights[:, None]
+            error = np.concatenate([target_pos - pos, mat_to_rotvec(target_mat @ mat.T)]) * weights
+            jjt = jac @ jac.T + self.damping ** 2 * np.eye(6)
+            dq = jac.T @ np.linalg.solve(jjt, error)
+            null = np.eye(ARM_JOINTS) - jac.T @ np.linalg.solve(jjt, jac)
+            dq += null @ (self.posture_gain * (self.rest - q))
+            scale = np.max(np.abs(dq)) / self.max_joint_step
+            if scale > 1.0:
+                dq /= scale
+            q = np.clip(q + dq, self.low, self.high)
+        return q
+
+
+# ---------------------------------------------------------------------------------------------------------- env
+class KitchenEnv(ContractEnv):
+    """One Franka Kitchen task (see `TASKS`) speaking the irevla contract. See the module docstring."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
+
+    def __init__(self, task: str = "microwave-open", cameras: Sequence[str] = DEFAULT_CAMERAS,
+                 image_size: int | tuple[int, int] = 128, fast: bool = True, max_episode_steps: int | None = None,
+                 variation: str = "", variation_seed: int = 0, instruction: str | None = None,
+                 render_images: bool = True, action_mode: str = "ee_delta", max_translation: float = 0.02,
+                 max_rotation: float = 0.1, max_target_error: float = 0.05, reset_noise: float = 0.02,
+                 robot_noise_ratio: float = 0.01, render_mode: str | None = None) -> None:
+        if task not in TASKS:
+            raise ValueError(f"unknown Kitchen task {task!r}; choose one of {task_names()}")
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode {action_mode!r}: choose one of {ACTION_MODES}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode {render_mode!r}: only 'rgb_array' (or None) is supported")
+        self.task = TASKS[task]
+        self.action_mode = action_mode
+        self.render_mode = render_mode
+        self.max_episode_steps = int(max_episode_steps or DEFAULT_MAX_STEPS)
+        self.max_target_error = float(max_target_error)
+        self.max_target_rotation = 0.5  # rad, the rotational counterpart of max_target_error
+        self.reset_noise = float(reset_noise)
+        height, width = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
+        self.image_height, self.image_width = int(height), int(width)
+
+        self._robot = _make_robot(self.image_width, self.image_height, robot_noise_ratio)
+        self.model: mujoco.MjModel = self._robot.model
+        self.data: mujoco.MjData = self._robot.data
+        model = self.model
+        self.dt = float(self._robot.dt)
+        self._qpos_index = np.array([model.jnt_qposadr[model.joint(j).id] for j in self.task.joints])
+        self._goal = np.asarray(self.task.goal, float)
+        self._site_id = model.site("end_effector").id
+        self._base_id = model.body("panda0_link0").id
+        self._robot_bodies = [b for b in range(model.nbody)
+                              if (mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, b) or "").startswith("panda0_")]
+        if action_mode == "ee_delta":
+            # A real Franka compensates gravity; FrankaKitchen's bare position servos sag (see module docstring).
+            model.body_gravcomp[self._robot_bodies] = 1.0
+        self._ik = DifferentialIK(model, "end_effector", KITCHEN_INIT_QPOS)
+
+        self.variation = parse_variation(variation, variation_seed)
+        self._target_geoms = self._task_target_geoms()
+        self._apply_variation(self.variation)
+
+        self.cameras = tuple(cameras)
+        if not self.cameras:
+            raise ValueError("cameras: at least one camera is needed (the contract's observation carries images)")
+        self.render_images = render_images
+        self._renderer = CameraRenderer(model, self.cameras, self.image_height, self.image_width,
+                                        fast=fast) if render_images else None
+        self._blank = {c: np.zeros((self.image_height, self.image_width, 3), np.uint8) for c in self.cameras}
+
+        if action_mode == "ee_delta":
+            action_spec = replace(ActionSpec.ee_delta(max_translation, max_rotation), frame="base")
+        else:
+            names = tuple(f"v_joint{i + 1}" for i in range(ARM_JOINTS)) + ("v_finger_right", "v_finger_left")
+            action_spec = ActionSpec(names=names, low=(-1.0,) * 9, high=(1.0,) * 9, frame="base",
+                                     units=("2 rad/s",) * ARM_JOINTS + ("2 m/s",) * 2)
+        obs_spec = ObservationSpec(cameras={c: (self.image_height, self.image_width) for c in self.cameras},
+                                   proprio_names=REAL_ROBOT_PROPRIO)
+        self.task_spec = TaskSpec(
+            name=task, family="kitchen", instruction=check_instruction(instruction or self.task.instruction),
+            action_spec=action_spec, observation_spec=obs_spec, max_episode_steps=self.max_episode_steps,
+            variation=self.variation.text, variation_seed=variation_seed, control_hz=1.0 / self.dt,
+            extra={"action_mode": action_mode, "success_joints": list(self.task.joints),
+                   "success_goal": list(self.task.goal), "success_tolerance": self.task.tolerance})
+        self.observation_space = observation_space(obs_spec)
+        self.action_space = spaces.Box(action_spec.low_array, action_spec.high_array, dtype=np.float32)
+        self._steps = 0
+        self._target_pos = np.zeros(3)
+        self._target_mat = np.eye(3)
+        mujoco.mj_forward(model, self.data)
+        self._base_pos = self.data.xpos[self._base_id].copy()
+        self._base_mat = self.data.xmat[self._base_id].reshape(3, 3).copy()
+
+    # ------------------------------------------------------------------------------------------------ variations
+    def _task_target_geoms(self) -> list[int]:
+        model = self.model
+        bodies = {model.body(b).id for b in self.task.target_bodies}
+        geoms = []
+        for g in range(model.ngeom):
+            if model.geom_bodyid[g] not in bodies:
+                continue
+            material = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_MATERIAL, model.geom_matid[g]) or ""
+            if not any(keep in material for keep in _KEEP_MATERIALS):
+                geoms.append(g)
+        return geoms
+
+    def _apply_variation(self, variation: Variation) -> None:
+        if variation.scale is not None or set(variation.shifts) - {"hand"}:
+            raise VariationError(f"{variation.text!r}: Kitchen supports color:... and hand:... variations only")
+        if variation.color is not None and recolor_geoms(self.model, self._target_geoms, variation.color) == 0:
+            raise VariationError(f"{variation.text!r}: task {self.task.name} has no visible target geoms")
+
+    @property
+    def target_geoms(self) -> list[int]:
+        """Geoms a colour variation recolours (the task's target object, handles excluded)."""
+        return list(self._target_geoms)
+
+    # ------------------------------------------------------------------------------------------------ state
+    def ee_pose_world(self) -> tuple[np.ndarray, np.ndarray]:
+        """Measured ``end_effector`` site pose in the world frame: (position, 3x3 rotation)."""
+        return self.data.site_xpos[self._site_id].copy(), self.data.site_xmat[self._site_id].reshape(3, 3).copy()
+
+    def world_to_base(self, pos: np.ndarray, mat: np.ndarray | None = None):
+        pos_b = self._base_mat.T @ (np.asarray(pos, float) - self._base_pos)
+        return pos_b if mat is None else (pos_b, self._base_mat.T @ mat)
+
+    @property
+    def base_rotation(self) -> np.ndarray:
+        """World-from-base rotation (constant): base-frame vectors v map to world as ``base_rotation @ v``."""
+        return self._base_mat.copy()
+
+    def gripper_width(self) -> float:
+        return float(self.data.qpos[7] + self.data.qpos[8])
+
+    def task_value(self) -> np.ndarray:
+        """The task's joint values (what success is measured on)."""
+        return self.data.qpos[self._qpos_index].copy()
+
+    def is_success(self) -> bool:
+        return bool(np.linalg.norm(self.task_value() - self._goal) < self.task.tolerance)
+
+    def _proprio(self) -> np.ndarray:
+        pos, mat = self.world_to_base(*self.ee_pose_world())
+        return np.concatenate([pos, mat_to_rotvec(mat), [self.gripper_width()]]).astype(np.float32)
+
+    def _observe(self) -> dict[str, Any]:
+        images = self._renderer.render(self.data) if self._renderer is not None else self._blank
+        return self._make_obs(images, self._proprio(), float(self.data.time))
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {"success": success, "task_value": self.task_value()}
+
+    # ------------------------------------------------------------------------------------------------- gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        robot = self._robot
+        robot.reset(seed=int(self.np_random.integers(2**31 - 1)))  # FrankaKitchen's start; seeds its obs noise
+        qpos, qvel = KITCHEN_INIT_QPOS.copy(), np.zeros(self.model.nv)
+        if self.reset_noise > 0:
+            qpos[:ARM_JOINTS] += self.np_random.uniform(-self.reset_noise, self.reset_noise, ARM_JOINTS)
+        if "hand" in self.variation.shifts:
+            pos, mat = self._ik.site_pose(qpos[:ARM_JOINTS])
+            arm = qpos[:ARM_JOINTS]
+            for _ in range(20):
+                arm = self._ik.solve(arm, pos + self.variation.shifts["hand"], mat, iterations=5)
+            qpos[:ARM_JOINTS] = arm
+        qpos[:ARM_JOINTS] = np.clip(qpos[:ARM_JOINTS], self._ik.low, self._ik.high)
+        robot.set_state(qpos, qvel)
+        self.data.ctrl[:ARM_JOINTS] = qpos[:ARM_JOINTS]
+        self.data.ctrl[ARM_JOINTS:] = qpos[ARM_JOINTS:ARM_JOINTS + 2]
+        robot._get_obs()  # refresh the (noisy) joint reading FrankaRobot's velocity control integrates from
+        self._target_pos, self._target_mat = self.ee_pose_world()
+        self._steps = 0
+        return self._observe(), self._info(False)
+
+    def step(self, action):
+        # Clip into the box; NaN/inf or a wrong size raise ContractError instead of reaching the simulator.
+        spec = self.task_spec.action_spec
+        action = spec.clip(np.asarray(action).reshape(-1))
+        if self.action_mode == "joint_velocity":
+            self._robot.step(action.astype(np.float64))
+        else:
+            self._step_ee_delta(action.astype(np.float64))
+        if not (np.all(np.isfinite(self.data.qpos)) and np.all(np.isfinite(self.data.qvel))):
+            raise ContractError("KitchenEnv: the simulation diverged (non-finite state)")
+        self._steps += 1
+        success = self.is_success()
+        truncated = self._steps >= self.max_episode_steps and not success
+        return self._observe(), float(success), success, truncated, self._info(success)
+
+    def _step_ee_delta(self, action: np.ndarray) -> None:
+        base = self._base_mat
+        measured_pos, measured_mat = self.ee_pose_world()
+        target_pos = self._target_pos + base @ action[:3]
+        target_mat = base @ rotvec_to_mat(action[3:6]) @ base.T @ self._target_mat
+        # Reference clipping: the target may lead the measured pose by at most max_target_error / rotation.
+        offset = target_pos - measured_pos
+        distance = np.linalg.norm(offset)
+        if distance > self.max_target_error:
+            target_pos = measured_pos + offset * (self.max_target_error / distance)
+        error = mat_to_rotvec(target_mat @ measured_mat.T)
+        angle = np.linalg.norm(error)
+        if angle > self.max_target_rotation:
+            target_mat = rotvec_to_mat(error * (self.max_target_rotation / angle)) @ measured_mat
+        self._target_pos, self._target_mat = target_pos, target_mat
+        q_arm = self._ik.solve(self.data.qpos[:ARM_JOINTS], target_pos, target_mat)
+        finger = (1.0 - float(action[6])) * GRIPPER_MAX_WIDTH / 2
+        ctrl = np.concatenate([q_arm, [finger, finger]])
+        self._robot.do_simulation(np.clip(ctrl, self.model.actuator_ctrlrange[:, 0],
+                                          self.model.actuator_ctrlrange[:, 1]), FRAME_SKIP)
+
+    def render(self):
+        if self._renderer is None:
+            return None
+        return self._renderer.render(self.data)[self.cameras[0]]
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._robot.close()
+
+    # ------------------------------------------------------------------------------------------------- experts
+    def expert(self) -> Callable[[Mapping, Mapping], np.ndarray]:
+        """The task's scripted expert as ``act(obs, info) -> action`` (reads privileged sim state; ee_delta only)."""
+        from irevla.sim.kitchen_expert import make_expert
+
+        return make_expert(self)
+
+
+__all__ = ["KitchenEnv", "KitchenTask", "TASKS", "ADDED_CAMERAS", "DEFAULT_CAMERAS", "task_names"]

@@ -1,0 +1,82 @@
+"""`irevla demos sim` / `collect_expert_demos`: real rendering, real HDF5 episodes, failures counted."""
+
+import json
+
+import numpy as np
+
+from irevla.cli import main
+from irevla.data.store import EpisodeStore
+from irevla.data.episode_file import read_episode
+from irevla.sim.demos import collect_expert_demos
+
+
+def test_collects_successful_expert_episodes(tmp_path):
+    report = collect_expert_demos(["reach-v3"], 2, tmp_path, image_size=32, seed=10, progress=False)
+    assert report.kept == 2 and report.failures == 0
+    paths = EpisodeStore(tmp_path).paths()
+    assert len(paths) == 2
+    for path in paths:
+        episode = read_episode(path)
+        assert episode.success and episode.source == "script"
+        assert episode.task.name == "reach-v3" and episode.instruction == "reach the goal position"
+        assert episode.images["corner2"].shape == (episode.n_steps + 1, 32, 32, 3)
+        assert episode.actions.shape == (episode.n_steps, 4) and episode.rewards[-1] == 1.0
+        assert np.abs(episode.actions).max() <= 1.0
+        assert episode.metadata["seed"] in (10, 11)
+
+
+def test_failures_are_counted_and_only_kept_when_asked(tmp_path):
+    # Three steps are far too few for drawer-open: every attempt fails.
+    report = collect_expert_demos(["drawer-open-v3"], 2, tmp_path / "a", image_size=32, max_episode_steps=3,
+                                  max_attempts_factor=1.5, progress=False)
+    assert report.kept == 0 and report.failures == 3
+    assert EpisodeStore(tmp_path / "a").paths() == []
+    report = collect_expert_demos(["drawer-open-v3"], 2, tmp_path / "b", image_size=32, max_episode_steps=3,
+                                  keep_failures=True, progress=False)
+    assert report.kept == 2 and report.failures == 2
+    assert [read_episode(p).success for p in EpisodeStore(tmp_path / "b").paths()] == [False, False]
+
+
+def test_dart_noise_stores_the_clean_expert_action(tmp_path):
+    collect_expert_demos(["reach-v3"], 1, tmp_path, image_size=32, action_noise=0.3, progress=False)
+    episode = read_episode(EpisodeStore(tmp_path).paths()[0])
+    assert episode.metadata["action_noise"] == 0.3
+    # The hand moved differently from the stored actions because noise was executed, not stored.
+    moves = np.diff(episode.proprio[:, :3], axis=0) * 100  # cm per step, comparable to actions
+    assert np.abs(moves - episode.actions[:, :3]).mean() > 0.05
+
+
+def test_cli_demos_sim_and_data_commands(tmp_path, capsys):
+    out = tmp_path / "expert"
+    code = main(["demos", "sim", "--tasks", "button-press-v3", "--episodes", "1", "--out", str(out),
+                 "--image-size", "32", "--report", str(tmp_path / "report.json")])
+    assert code == 0
+    assert json.loads((tmp_path / "report.json").read_text())["tasks"][0]["kept"] == 1
+    assert main(["data", "info", str(out)]) == 0
+    assert "metaworld/button-press-v3" in capsys.readouterr().out
+    assert main(["data", "check", str(out)]) == 0
+    (out / "ep-broken.h5").write_bytes(b"not an hdf5 file")
+    assert main(["data", "check", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "BAD" in printed and "ep-broken.h5" in printed and "1 episode file(s) OK, 1 bad" in printed
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["demos", "sim", "--tasks", "nonsense-v3", "--episodes", "1", "--out", str(tmp_path)]) == 2
+    assert "irevla: error: unknown Meta-World task 'nonsense-v3'" in capsys.readouterr().err
+    assert main(["sim", "show", "--task", "reach-v3", "--variation", "colour:red", "--out", str(tmp_path / "x.png")]) == 2
+    assert "unknown kind 'colour'" in capsys.readouterr().err
+    bad = tmp_path / "demo.yaml"
+    bad.write_text("demos:\n  episodez: 3\n")
+    assert main(["demo", "--config", str(bad)]) == 2
+    assert "demos.episodez: unknown key" in capsys.readouterr().err
+
+
+def test_cli_sim_show_writes_a_png(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "drawer.png"
+    assert main(["sim", "show", "--task", "drawer-open-v3", "--image-size", "48", "--cameras", "corner2", "topview",
+                 "--variation", "color:red", "--out", str(out)]) == 0
+    assert Image.open(out).size == (96, 48)
+    assert "metaworld/drawer-open-v3@color:red#0" in capsys.readouterr().out

@@ -1,0 +1,52 @@
+"""Typed YAML configs: unknown keys, wrong types and missing files are errors naming the key and the file."""
+
+from pathlib import Path
+
+import pytest
+
+from irevla.config import ConfigError, DemoConfig, SimConfig, dump_config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_demo_config_loads():
+    config = load_config(REPO / "config" / "demo.yaml", DemoConfig)
+    assert config.demos.family == "metaworld" and config.demos.episodes > 0
+
+
+def test_unknown_key_is_named_with_its_file(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text("demos:\n  episodes: 3\n  render:\n    imagesize: 64\n")
+    with pytest.raises(ConfigError, match=r"demo.yaml: demos.render.imagesize: unknown key"):
+        load_config(path, DemoConfig)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "sim.yaml"
+    path.write_text("render:\n  image_size: big\n")
+    with pytest.raises(ConfigError, match=r"sim.yaml: render.image_size: .*integer.*'big'"):
+        load_config(path, SimConfig)
+    path.write_text("family: isaac\n")
+    with pytest.raises(ConfigError, match=r"sim.yaml: family: Input should be 'metaworld' or 'kitchen'"):
+        load_config(path, SimConfig)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml", SimConfig)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("render: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad, SimConfig)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml: expected a mapping"):
+        load_config(bad, SimConfig)
+
+
+def test_overrides_and_dump_round_trip(tmp_path):
+    path = tmp_path / "sim.yaml"
+    path.write_text("task: drawer-open-v3\n")
+    config = load_config(path, SimConfig, overrides={"render.image_size": 64, "variation": "color:red"})
+    assert config.render.image_size == 64 and config.variation == "color:red"
+    dump_config(config, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml", SimConfig) == config
