@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--out", default="task.png", help="PNG path (default task.png)")
     _add_render_args(show, 224)
     show.set_defaults(func=_cmd_sim_show)
+
+    from irevla.calibration.cli import add_calibrate_parser  # argparse only; OpenCV is imported when it runs
+
+    add_calibrate_parser(commands)
     return parser
 
 
