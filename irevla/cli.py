@@ -43,7 +43,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     demos = config.demos
     out = Path(args.out) if args.out else Path(demos.out)
     print(f"irevla demo: recording {demos.episodes} scripted-expert episode(s) of {', '.join(demos.tasks)} "
-          f"({demos.family}, {demos.render.image_size}px {'/'.join(demos.render.cameras)}) into {out}")
+          f"({demos.family}, {demos.render.image_size}px, cameras {'/'.join(demos.render.cameras or ['default'])}) "
+          f"into {out}")
     report = collect_expert_demos(
         demos.tasks, demos.episodes, out, family=demos.family, image_size=demos.render.image_size,
         cameras=demos.render.cameras, fast=demos.render.fast, seed=demos.seed, keep_failures=demos.keep_failures,
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="output directory (created if missing; episodes are added)")
     sim.add_argument("--seed", type=int, default=0, help="first reset seed; attempt k uses seed + k (default 0)")
     sim.add_argument("--noise", type=float, default=0.0,
-                     help="DART noise std on executed actions; the clean expert action is stored (default 0)")
+                     help="DART noise std on executed actions, as a fraction of each dimension's half-range; the "
+                          "clean expert action is stored (default 0)")
     sim.add_argument("--keep-failures", action="store_true", help="also write failed episodes (success=False)")
     sim.add_argument("--round", type=int, default=0, help="iRe-VLA round recorded in each episode (default 0)")
     sim.add_argument("--max-steps", type=int, help="episode time limit (default: the task's own)")

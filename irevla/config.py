@@ -79,7 +79,9 @@ class RenderConfig(ConfigModel):
     """Camera rendering. `fast` turns off MSAA, shadows and reflections: ~10x faster on a CPU renderer."""
 
     image_size: int = Field(default=128, ge=16, le=1024, description="square image side in pixels")
-    cameras: tuple[str, ...] = Field(default=("corner2",), min_length=1)
+    cameras: tuple[str, ...] | None = Field(default=None, min_length=1,
+                                            description="camera names; default: the family's (metaworld: corner2, "
+                                                        "kitchen: front)")
     fast: bool = True
 
 

@@ -9,6 +9,10 @@ Conventions
 * Images: ``uint8`` arrays of shape ``(H, W, 3)``, RGB, upright (row 0 is the top of the picture).
 * Proprio: ``float32[P]``, order given by ``ObservationSpec.proprio_names``. The real robot's default order is
   ``REAL_ROBOT_PROPRIO``: EE position (m, base frame), EE rotation (axis-angle, rad), gripper width (m).
+  The EE rotation is taken *relative to the robot's home orientation* (`ee_rotation_feature`): a gripper pointing
+  down or forward is ~pi away from the base frame, right where axis-angle flips sign, while relative to home it
+  stays near zero and continuous. The reference is recorded in ``TaskSpec.extra["ee_rotation_reference"]``
+  (row-major 3x3).
   Meta-World exposes ``METAWORLD_PROPRIO`` (hand position + gripper opening).
 * Actions: ``float32[A]`` described by an `ActionSpec`. The real-robot default (`ActionSpec.ee_delta`) is
   dx dy dz (m), drx dry drz (rad, axis-angle), gripper (0 open ... 1 closed); Meta-World's native space is 4-D.
@@ -314,9 +318,25 @@ class TaskSpec:
         return cls.from_dict(json.loads(text))
 
 
-def stack_proprio(names: Sequence[str], values: Mapping[str, float]) -> np.ndarray:
-    """Build a proprio vector in the documented order from a name -> value mapping (missing name -> error)."""
-    missing = [n for n in names if n not in values]
-    if missing:
-        raise ContractError(f"proprio: missing entries {missing}")
-    return np.asarray([values[n] for n in names], dtype=np.float32)
+# --------------------------------------------------------------------------------------------- EE rotation feature
+def rotation_matrix_to_rotvec(mat: Any) -> np.ndarray:
+    """Axis-angle vector (angle in [0, pi]) of a 3x3 rotation matrix; numerically safe near 0 and pi."""
+    mat = np.asarray(mat, dtype=np.float64).reshape(3, 3)
+    cos = np.clip((np.trace(mat) - 1.0) / 2.0, -1.0, 1.0)
+    angle = math.acos(cos)
+    if angle < 1e-6:
+        return np.array([mat[2, 1] - mat[1, 2], mat[0, 2] - mat[2, 0], mat[1, 0] - mat[0, 1]]) / 2.0
+    if angle > math.pi - 1e-4:
+        # Near pi the antisymmetric part vanishes: read the axis off the symmetric part's largest diagonal entry.
+        sym = (mat + np.eye(3)) / 2.0
+        i = int(np.argmax(np.diag(sym)))
+        axis = sym[:, i] / math.sqrt(max(sym[i, i], 1e-12))
+        return axis / np.linalg.norm(axis) * angle
+    axis = np.array([mat[2, 1] - mat[1, 2], mat[0, 2] - mat[2, 0], mat[1, 0] - mat[0, 1]]) / (2.0 * math.sin(angle))
+    return axis * angle
+
+
+def ee_rotation_feature(mat: Any, reference: Any) -> np.ndarray:
+    """The proprio EE-rotation entries: axis-angle of ``reference^T @ mat`` (rotation away from home, base frame)."""
+    reference = np.asarray(reference, dtype=np.float64).reshape(3, 3)
+    return rotation_matrix_to_rotvec(reference.T @ np.asarray(mat, dtype=np.float64).reshape(3, 3)).astype(np.float32)

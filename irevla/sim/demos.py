@@ -5,7 +5,8 @@ write each finished episode as one crash-safe HDF5 file. Only successful episode
 failures are counted and reported. Attempts use consecutive reset seeds from `seed`, so a run is reproducible and a
 re-run with another `seed` gives other layouts.
 
-`action_noise > 0` executes ``expert + N(0, noise)`` while storing the clean expert action (DART): the demos then
+`action_noise > 0` executes ``expert + N(0, noise * half_range)`` per action dimension (so 0.2 means the same on
+Meta-World's [-1, 1] and on the real robot's ±2 cm) while storing the clean expert action (DART): the demos then
 cover the states a slightly wrong policy visits, which makes behaviour cloning much more robust.
 """
 
@@ -68,10 +69,11 @@ def record_episode(env, act, builder: EpisodeBuilder, seed: int, noise: float, r
     """Run one expert episode; returns (episode, success)."""
     obs, info = env.reset(seed=seed)
     spec = env.task_spec.action_spec
+    noise_std = noise * (spec.high_array - spec.low_array) / 2.0
     terminated = truncated = False
     while not (terminated or truncated):
         action = spec.clip(act(obs, info))
-        executed = action if noise <= 0 else spec.clip(action + rng.normal(0.0, noise, size=action.shape))
+        executed = action if noise <= 0 else spec.clip(action + rng.normal(0.0, noise_std))
         next_obs, reward, terminated, truncated, info = env.step(executed)
         builder.add(Observation.from_gym(obs), action, reward)
         obs = next_obs

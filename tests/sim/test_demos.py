@@ -80,3 +80,19 @@ def test_cli_sim_show_writes_a_png(tmp_path, capsys):
                  "--variation", "color:red", "--out", str(out)]) == 0
     assert Image.open(out).size == (96, 48)
     assert "metaworld/drawer-open-v3@color:red#0" in capsys.readouterr().out
+
+
+def test_cli_sim_list_shows_both_families(capsys):
+    assert main(["sim", "list"]) == 0
+    printed = capsys.readouterr().out
+    assert "drawer-open-v3" in printed and "open the drawer" in printed
+    assert "slide-door-open" in printed and "kitchen:" in printed
+
+
+def test_kitchen_demos_record_ee_delta_episodes(tmp_path):
+    report = collect_expert_demos(["light-on"], 1, tmp_path, family="kitchen", image_size=32, action_noise=0.2,
+                                  progress=False)
+    assert report.kept == 1
+    episode = read_episode(EpisodeStore(tmp_path).paths()[0])
+    assert episode.task.family == "kitchen" and episode.actions.shape[1] == 7
+    assert set(episode.images) == {"front"} and episode.success
