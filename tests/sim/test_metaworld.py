@@ -148,7 +148,7 @@ def test_position_shift_moves_the_object_outside_the_training_range():
     np.testing.assert_allclose(slow[:3], low[:3] + [0.25, 0, 0])
     for seed in range(5):
         obj = shifted.reset(seed=seed)[1]["state"][4:7]
-        assert obj[0] > high[0] + 0.1  # outside the training range in x
+        assert obj[0] > high[0] + 0.01  # outside the training range in x (shifted range starts 0.05 past it)
         assert slow[0] - 0.05 <= obj[0] <= shigh[0] + 0.05
     hand = MetaWorldEnv("drawer-open-v3", render_images=False, variation="hand:0.06,0,0")
     start = hand.reset(seed=0)[1]["state"][:3]
