@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -146,7 +147,7 @@ class ActionSpec:
                 "units": list(self.units)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ActionSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> ActionSpec:
         try:
             return cls(names=tuple(data["names"]), low=tuple(data["low"]), high=tuple(data["high"]),
                        frame=data.get("frame", "ee"), units=tuple(data.get("units", ())))
@@ -155,7 +156,7 @@ class ActionSpec:
 
     # Presets ----------------------------------------------------------------------------------------------------
     @classmethod
-    def ee_delta(cls, max_translation: float = 0.02, max_rotation: float = 0.1) -> "ActionSpec":
+    def ee_delta(cls, max_translation: float = 0.02, max_rotation: float = 0.1) -> ActionSpec:
         """Real-robot default, A = 7: per-step EE delta in the EE frame + gripper (0 open ... 1 closed)."""
         t, r = float(max_translation), float(max_rotation)
         return cls(names=("dx", "dy", "dz", "drx", "dry", "drz", "gripper"),
@@ -163,7 +164,7 @@ class ActionSpec:
                    units=("m", "m", "m", "rad", "rad", "rad", "0 open..1 closed"))
 
     @classmethod
-    def metaworld(cls) -> "ActionSpec":
+    def metaworld(cls) -> ActionSpec:
         """Meta-World's native 4-D space: hand displacement (1.0 = 1 cm of mocap motion per step) + gripper effort."""
         return cls(names=("dx", "dy", "dz", "gripper"), low=(-1.0,) * 4, high=(1.0,) * 4, frame="base",
                    units=("cm", "cm", "cm", "-1 open..+1 closed"))
@@ -179,7 +180,7 @@ class Action:
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", self.spec.validate(self.values))
 
-    def clipped(self) -> "Action":
+    def clipped(self) -> Action:
         return Action(self.spec.clip(self.values), self.spec)
 
 
@@ -204,7 +205,7 @@ class ObservationSpec:
         return {"cameras": {k: list(v) for k, v in self.cameras.items()}, "proprio_names": list(self.proprio_names)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ObservationSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> ObservationSpec:
         try:
             return cls(cameras={k: tuple(v) for k, v in data["cameras"].items()},
                        proprio_names=tuple(data["proprio_names"]))
@@ -233,7 +234,7 @@ class Observation:
             raise ContractError(f"Observation.timestamp: expected a finite float, got {self.timestamp!r}")
         object.__setattr__(self, "timestamp", float(self.timestamp))
 
-    def check(self, spec: ObservationSpec) -> "Observation":
+    def check(self, spec: ObservationSpec) -> Observation:
         """Raise ContractError unless cameras, image sizes and proprio length match `spec`."""
         if set(self.images) != set(spec.cameras):
             raise ContractError(
@@ -248,7 +249,7 @@ class Observation:
         return self
 
     @classmethod
-    def from_gym(cls, obs: Mapping[str, Any], timestamp: float | None = None) -> "Observation":
+    def from_gym(cls, obs: Mapping[str, Any], timestamp: float | None = None) -> Observation:
         """Build from the dict observation the irevla gymnasium envs return (images, proprio, instruction, time)."""
         missing = {"images", "proprio", "instruction"} - set(obs)
         if missing:
@@ -302,7 +303,7 @@ class TaskSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
         try:
             return cls(name=data["name"], family=data["family"], instruction=data["instruction"],
                        action_spec=ActionSpec.from_dict(data["action_spec"]),
@@ -314,7 +315,7 @@ class TaskSpec:
             raise ContractError(f"TaskSpec: missing field {exc.args[0]!r}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "TaskSpec":
+    def from_json(cls, text: str) -> TaskSpec:
         return cls.from_dict(json.loads(text))
 
 

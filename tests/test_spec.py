@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from irevla.spec import (METAWORLD_PROPRIO, Action, ActionSpec, ContractError, Observation, ObservationSpec,
-                         TaskSpec)
+from irevla.spec import METAWORLD_PROPRIO, Action, ActionSpec, ContractError, Observation, ObservationSpec, TaskSpec
 
 
 def _obs(**overrides):

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 from pydantic import Field, model_validator
 
-from irevla.calibration.atomic_io import atomic_write_yaml
+from irevla.atomic_io import atomic_write_yaml
 from irevla.calibration.errors import CalibrationError
 from irevla.config import ConfigError, ConfigModel, load_config
 

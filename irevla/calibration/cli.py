@@ -193,7 +193,7 @@ def _run_guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argp
 def _run_board(args: argparse.Namespace) -> int:
     import cv2
 
-    from irevla.calibration.atomic_io import atomic_write_bytes
+    from irevla.atomic_io import atomic_write_bytes
     from irevla.calibration.board import render_printable_board
     from irevla.calibration.config import load_calibration_config
 
@@ -237,7 +237,7 @@ def _run_intrinsics(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
         return 0
 
-    from irevla.calibration.atomic_io import atomic_write_text
+    from irevla.atomic_io import atomic_write_text
     from irevla.calibration.config import load_calibration_config
     from irevla.calibration.intrinsics import calibrate_intrinsics, load_images
 
@@ -370,7 +370,7 @@ def _open_sources(args: argparse.Namespace, ros: Any, closers: list[Callable[[],
 def _solve_and_write(args: argparse.Namespace, samples_dir: Path, min_samples: int,
                      default_name: str | None = None) -> np.ndarray:
     """Solve, print the report, write the result; returns the transform as written (read back from the file)."""
-    from irevla.calibration.atomic_io import atomic_write_text
+    from irevla.atomic_io import atomic_write_text
     from irevla.calibration.pipeline import solve_from_directory
     from irevla.calibration.result import (
         easy_handeye2_yaml,

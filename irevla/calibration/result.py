@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from irevla.calibration.atomic_io import atomic_write_yaml
+from irevla.atomic_io import atomic_write_yaml
 from irevla.calibration.camera_model import now_iso
 from irevla.calibration.errors import CalibrationError
 from irevla.calibration.pipeline import HandEyeRun

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from irevla.calibration.atomic_io import (
+from irevla.atomic_io import (
     atomic_write_bytes,
     atomic_write_text,
     atomic_write_yaml,

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from irevla.calibration.atomic_io import atomic_write_yaml
+from irevla.atomic_io import atomic_write_yaml
 from irevla.calibration.camera_model import now_iso
 from irevla.calibration.errors import CalibrationError
 from irevla.config import ConfigError, ConfigModel, load_config

@@ -16,7 +16,6 @@ JSON layout::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from irevla.atomic_io import atomic_write_text
 from irevla.data.episode import Episode
 from irevla.data.episode_file import read_lowdim
 from irevla.spec import ContractError
@@ -112,12 +112,8 @@ class DatasetStats:
                    n_episodes=int(data["n_episodes"]), n_steps=int(data["n_steps"]))
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON atomically (temp file + rename), so a crash never leaves half a stats file."""
-        path = Path(path)
-        temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        temp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(temp, path)
-        return path
+        """Write JSON atomically (temp file + fsync + rename), so a crash never leaves half a stats file."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetStats:

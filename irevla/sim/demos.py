@@ -13,9 +13,9 @@ cover the states a slightly wrong policy visits, which makes behaviour cloning m
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm

@@ -20,7 +20,8 @@ Rendering uses `CameraRenderer`; `fast=True` (the default) turns off MSAA, shado
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import mujoco
 import numpy as np

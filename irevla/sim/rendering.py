@@ -8,7 +8,7 @@ the skybox, which measured 7-8 -> 40-80 frames/s here (see docs/benchmarks.md).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import mujoco  # irevla.sim's __init__ has chosen a headless GL backend before this import
 import numpy as np

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from irevla.calibration.atomic_io import atomic_write_text
+from irevla.atomic_io import atomic_write_text
 from irevla.calibration.errors import CalibrationError
 from irevla.calibration.ros_sources import (
     camera_info_to_intrinsics,

@@ -5,8 +5,8 @@ import json
 import numpy as np
 
 from irevla.cli import main
-from irevla.data.store import EpisodeStore
 from irevla.data.episode_file import read_episode
+from irevla.data.store import EpisodeStore
 from irevla.sim.demos import collect_expert_demos
 
 
