@@ -38,9 +38,15 @@ bench: system-deps venv-test
 lint: venv-test
 	$(VENV)/bin/ruff check irevla tests bench
 
-# Headless MuJoCo rendering needs EGL (or OSMesa); pyrealsense2 needs libusb-1.0.
+# Headless MuJoCo rendering needs EGL (or OSMesa); pyrealsense2 needs libusb-1.0; `python3 -m venv` needs python3-venv
+# on Debian/Ubuntu. On a system without dpkg we cannot check: say so and go on.
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@if ! command -v dpkg-query >/dev/null; then \
+		echo "note: not a Debian-based system; make sure EGL (or OSMesa) and libusb-1.0 are installed"; exit 0; fi; \
+	missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing system libraries:$$missing"; \
@@ -70,5 +76,6 @@ $(VENV)/.test-installed: setup.cfg setup.py $(VENV)/.torch
 venv-demo: $(VENV)/.demo-installed
 venv-test: $(VENV)/.test-installed
 
+# Leaves runs/ (recorded data, checkpoints) alone: delete experiments by hand, never by accident.
 clean:
-	rm -rf $(VENV) build *.egg-info runs bench/results .pytest_cache
+	rm -rf $(VENV) build *.egg-info bench/results .pytest_cache

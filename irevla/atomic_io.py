@@ -21,6 +21,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600 files; teammates must be able to read results
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -56,6 +57,12 @@ def plain(data: Any) -> Any:
     if isinstance(data, np.floating):
         return float(data)
     return data
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -39,7 +39,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, DemoConfig) if args.config else validate_config({}, DemoConfig, "<defaults>")
     if args.episodes is not None:
-        config = config.model_copy(update={"demos": config.demos.model_copy(update={"episodes": args.episodes})})
+        data = config.model_dump()
+        data["demos"]["episodes"] = args.episodes
+        config = validate_config(data, DemoConfig, "--episodes")
     demos = config.demos
     out = Path(args.out) if args.out else Path(demos.out)
     print(f"irevla demo: recording {demos.episodes} scripted-expert episode(s) of {', '.join(demos.tasks)} "
@@ -48,7 +50,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report = collect_expert_demos(
         demos.tasks, demos.episodes, out, family=demos.family, image_size=demos.render.image_size,
         cameras=demos.render.cameras, fast=demos.render.fast, seed=demos.seed, keep_failures=demos.keep_failures,
-        action_noise=demos.action_noise, max_attempts_factor=demos.max_attempts_factor)
+        action_noise=demos.action_noise, max_attempts_factor=demos.max_attempts_factor, resume=True)
     print(report.format())
     print()
     print(format_summary([out]))
@@ -63,7 +65,7 @@ def _cmd_demos_sim(args: argparse.Namespace) -> int:
         args.tasks, args.episodes, args.out, family=args.family, image_size=args.image_size, cameras=cameras,
         fast=not args.default_render, seed=args.seed, keep_failures=args.keep_failures,
         action_noise=args.noise, variation=args.variation, variation_seed=args.variation_seed, round=args.round,
-        max_episode_steps=args.max_steps)
+        max_episode_steps=args.max_steps, resume=args.resume)
     print(report.format())
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
@@ -127,14 +129,34 @@ def _cmd_sim_show(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def _add_render_args(parser: argparse.ArgumentParser, image_size: int) -> None:
     parser.add_argument("--family", default="metaworld", choices=("metaworld", "kitchen"),
                         help="simulation family (default: metaworld)")
-    parser.add_argument("--image-size", type=int, default=image_size, help=f"square image side (default {image_size})")
+    parser.add_argument("--image-size", type=_positive_int, default=image_size, help=f"square image side (default {image_size})")
     parser.add_argument("--cameras", nargs="+", metavar="CAM", help="camera names (default: the family's default)")
     parser.add_argument("--default-render", action="store_true",
                         help="MuJoCo's default quality (MSAA, shadows): ~10x slower on a CPU renderer")
-    parser.add_argument("--variation", default="", help="task variation, e.g. color:red or obj:0.1,0,0+scale:1.2 "
+    parser.add_argument("--variation", default="", help="task variation, e.g. color:red or obj:0.25,0,0+scale:1.2 "
                                                         "(see irevla/sim/variations.py)")
     parser.add_argument("--variation-seed", type=int, default=0, help="seed for random variations (default 0)")
 
@@ -148,11 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the simulated demo (what `make demo` runs)",
                                description="Record a small scripted-expert dataset in simulation and print its "
-                                           "summary. Settings come from --config (default: built-in defaults, "
-                                           "the same as config/demo.yaml).")
+                                           "summary. Settings come from --config (default: the built-in defaults, "
+                                           "which config/demo.yaml spells out).")
     demo.add_argument("--config", help="YAML config (see config/demo.yaml)")
     demo.add_argument("--out", help="output directory (default: the config's demos.out)")
-    demo.add_argument("--episodes", type=int, help="episodes per task (default: the config's demos.episodes)")
+    demo.add_argument("--episodes", type=_positive_int, help="episodes per task (default: the config's demos.episodes)")
     demo.set_defaults(func=_cmd_demo)
 
     demos = commands.add_parser("demos", help="record expert demonstrations")
@@ -162,15 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
                                            "file per episode. Only successful episodes are kept unless "
                                            "--keep-failures; the number of failures is reported.")
     sim.add_argument("--tasks", nargs="+", required=True, metavar="TASK", help="task names (see `irevla sim list`)")
-    sim.add_argument("--episodes", type=int, required=True, help="episodes to keep per task")
+    sim.add_argument("--episodes", type=_positive_int, required=True, help="episodes to keep per task")
     sim.add_argument("--out", required=True, help="output directory (created if missing; episodes are added)")
-    sim.add_argument("--seed", type=int, default=0, help="first reset seed; attempt k uses seed + k (default 0)")
-    sim.add_argument("--noise", type=float, default=0.0,
+    sim.add_argument("--seed", type=int, default=0,
+                     help="seed of this recording; attempt k resets with a seed derived from (seed, task, k). "
+                          "Use another seed to add more episodes to the same --out (default 0)")
+    sim.add_argument("--noise", type=_non_negative_float, default=0.0,
                      help="DART noise std on executed actions, as a fraction of each dimension's half-range; the "
                           "clean expert action is stored (default 0)")
     sim.add_argument("--keep-failures", action="store_true", help="also write failed episodes (success=False)")
+    sim.add_argument("--resume", action="store_true",
+                     help="finish an interrupted recording with the same --seed into the same --out")
     sim.add_argument("--round", type=int, default=0, help="iRe-VLA round recorded in each episode (default 0)")
-    sim.add_argument("--max-steps", type=int, help="episode time limit (default: the task's own)")
+    sim.add_argument("--max-steps", type=_positive_int, help="episode time limit (default: the task's own)")
     sim.add_argument("--report", help="also write the per-task report as JSON here")
     _add_render_args(sim, 128)
     sim.set_defaults(func=_cmd_demos_sim)
@@ -213,9 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from irevla.data.episode_file import EpisodeFormatError
         from irevla.sim.base import UnknownTaskError
+        from irevla.sim.demos import DuplicateDemosError
         from irevla.sim.variations import VariationError
 
-        user_errors += (EpisodeFormatError, UnknownTaskError, VariationError)
+        user_errors += (EpisodeFormatError, UnknownTaskError, VariationError, DuplicateDemosError)
     except ImportError:  # an install without the sim extra still gets clear errors for the rest
         pass
     try:

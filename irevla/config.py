@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -22,9 +22,18 @@ class ConfigError(ValueError):
 
 
 class ConfigModel(BaseModel):
-    """Base for all irevla configs: strict about unknown keys, immutable once loaded."""
+    """Base for all irevla configs: strict about unknown keys and types (``episodes: '3'`` or ``fast: 'no'`` is an
+    error, not a silent conversion), immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_lists_are_tuples(cls, data: Any) -> Any:
+        # YAML has lists; our sequence fields are tuples (immutable). Strict mode would refuse the list otherwise.
+        if isinstance(data, dict):
+            return {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+        return data
 
 
 def _format_errors(source: str, exc: ValidationError) -> str:
@@ -54,9 +63,11 @@ def load_config(path: str | Path, model: type[ModelT], overrides: Mapping[str, A
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
@@ -91,7 +102,7 @@ class SimConfig(ConfigModel):
 
     family: Literal["metaworld", "kitchen"] = "metaworld"
     task: str = "button-press-v3"
-    variation: str = Field(default="", description="named variation, e.g. 'color:red' or 'shift:+0.06,0,0'")
+    variation: str = Field(default="", description="named variation, e.g. 'color:red' or 'hand:0.06,0,0+color:red'")
     variation_seed: int = 0
     max_episode_steps: int | None = Field(default=None, gt=0, description="default: the family's own limit")
     render: RenderConfig = RenderConfig()
@@ -100,9 +111,9 @@ class SimConfig(ConfigModel):
 class DemosConfig(ConfigModel):
     """Scripted-expert demo collection."""
 
-    tasks: tuple[str, ...] = Field(default=("button-press-v3",), min_length=1)
+    tasks: tuple[str, ...] = Field(default=("button-press-v3", "drawer-open-v3"), min_length=1)
     family: Literal["metaworld", "kitchen"] = "metaworld"
-    episodes: int = Field(default=5, gt=0, description="successful episodes wanted per task")
+    episodes: int = Field(default=3, gt=0, description="successful episodes wanted per task")
     max_attempts_factor: float = Field(default=3.0, ge=1.0, description="give up after this many x episodes tries")
     keep_failures: bool = False
     action_noise: float = Field(default=0.0, ge=0.0, description="DART-style noise on executed actions; the clean "

@@ -338,6 +338,7 @@ def rotation_matrix_to_rotvec(mat: Any) -> np.ndarray:
 
 
 def ee_rotation_feature(mat: Any, reference: Any) -> np.ndarray:
-    """The proprio EE-rotation entries: axis-angle of ``reference^T @ mat`` (rotation away from home, base frame)."""
+    """The proprio EE-rotation entries: axis-angle of ``mat @ reference^T``, the rotation that takes the home
+    orientation to the current one, expressed in the base frame (so a base-frame ``drz`` action shows up on rz)."""
     reference = np.asarray(reference, dtype=np.float64).reshape(3, 3)
-    return rotation_matrix_to_rotvec(reference.T @ np.asarray(mat, dtype=np.float64).reshape(3, 3)).astype(np.float32)
+    return rotation_matrix_to_rotvec(np.asarray(mat, dtype=np.float64).reshape(3, 3) @ reference.T).astype(np.float32)

@@ -50,3 +50,24 @@ def test_overrides_and_dump_round_trip(tmp_path):
     assert config.render.image_size == 64 and config.variation == "color:red"
     dump_config(config, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml", SimConfig) == config
+
+
+def test_shipped_demo_config_spells_out_the_defaults():
+    assert load_config(REPO / "config" / "demo.yaml", DemoConfig) == DemoConfig()
+
+
+@pytest.mark.parametrize("text, key", [("demos:\n  episodes: true\n", "demos.episodes"),
+                                       ("demos:\n  episodes: '3'\n", "demos.episodes"),
+                                       ("demos:\n  render:\n    fast: 'no'\n", "demos.render.fast")])
+def test_no_silent_type_conversions(tmp_path, text, key):
+    path = tmp_path / "demo.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"demo.yaml: {key}: Input should be a valid"):
+        load_config(path, DemoConfig)
+
+
+def test_unreadable_file_is_a_config_error(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"demos:\n  out: caf\xe9\n")
+    with pytest.raises(ConfigError, match="latin1.yaml: cannot read the config file"):
+        load_config(path, DemoConfig)

@@ -103,8 +103,10 @@ def test_rotation_feature_is_zero_at_home_and_continuous_where_plain_axis_angle_
     home = _rot([1, 0, 0], np.pi)  # gripper pointing down: pi away from the base frame
     np.testing.assert_allclose(ee_rotation_feature(home, home), 0.0, atol=1e-7)
     # Wobbling around home: plain axis-angle jumps by ~2 pi in norm, the feature stays small and smooth.
-    wobble = [home @ _rot([1, 0, 0], a) for a in (-0.05, 0.05)]
+    wobble = [_rot([1, 0, 0], a) @ home for a in (-0.05, 0.05)]
     plain = [rotation_matrix_to_rotvec(m) for m in wobble]
     feature = [ee_rotation_feature(m, home) for m in wobble]
     assert np.linalg.norm(plain[0] - plain[1]) > 3.0
     np.testing.assert_allclose(feature, [[-0.05, 0, 0], [0.05, 0, 0]], atol=1e-6)
+    # A base-frame turn about z after leaving home reads as a rotation about base z.
+    np.testing.assert_allclose(ee_rotation_feature(_rot([0, 0, 1], 0.3) @ home, home), [0, 0, 0.3], atol=1e-6)

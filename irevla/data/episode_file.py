@@ -2,7 +2,8 @@
 
 File format (schema version 1)
 ==============================
-File name ``ep-<YYYYmmddTHHMMSS>-<uuid8>.h5`` (UTC creation time of the episode, 8 random hex digits). Names that
+File name ``ep-<YYYYmmddTHHMMSSffffff>-<uuid8>.h5`` (UTC creation time of the episode to the microsecond, 8 random
+hex digits; older files without microseconds are read too). Names that
 start with ``.`` are never episodes: ``.tmp-<uuid>.h5`` is a file being written (or abandoned by a crashed writer).
 
 Root attributes (scalars; strings are UTF-8 variable-length)
@@ -55,7 +56,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -69,7 +70,7 @@ from irevla.spec import SCHEMA_VERSION, SOURCES, ContractError, TaskSpec
 
 FORMAT_NAME = "irevla-episode"
 EPISODE_GLOB = "ep-*.h5"
-EPISODE_NAME = re.compile(r"^ep-\d{8}T\d{6}-[0-9a-f]{8}\.h5$")
+EPISODE_NAME = re.compile(r"^ep-\d{8}T\d{6}(?:\d{6})?-[0-9a-f]{8}\.h5$")
 TEMP_PREFIX = ".tmp-"
 TEMP_GLOB = f"{TEMP_PREFIX}*.h5"
 
@@ -120,6 +121,7 @@ class EpisodeInfo:
     cameras: tuple[str, ...]
     created: str
     size_bytes: int
+    metadata: dict = field(default_factory=dict, compare=False)
 
     @property
     def task_name(self) -> str:
@@ -134,7 +136,8 @@ class EpisodeInfo:
 # ----------------------------------------------------------------------------------------------------------- write
 def episode_file_name(episode: Episode) -> str:
     created = parse_created(episode.created).astimezone(timezone.utc)
-    return f"ep-{created:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.h5"
+    # Microseconds, so that sorting by name is sorting by creation time even for many RL episodes per second.
+    return f"ep-{created:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.h5"
 
 
 def _compression_options(compression: str) -> dict[str, Any]:
@@ -191,7 +194,8 @@ def write_episode_file(episode: Episode, directory: str | Path, compression: str
     directory = Path(directory)
     temp_path = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}.h5"
     try:
-        with h5py.File(temp_path, "w") as file:
+        # No HDF5 file locking: the temp file is private to this writer, and locks fail on some NFS mounts.
+        with h5py.File(temp_path, "w", locking=False) as file:
             _write_contents(file, episode, compression)
             file.flush()
         # h5py does not expose its file descriptor; closing flushed HDF5's buffers to the OS, fsync makes them durable.
@@ -351,7 +355,8 @@ def _check_layout(path: Path, file: h5py.File) -> _Layout:
 
     info = EpisodeInfo(path=path, task=task, n_steps=n_steps, success=bool(attrs["success"]),
                        source=str(attrs["source"]), round=int(attrs["round"]), instruction=attrs["instruction"],
-                       cameras=tuple(cameras), created=attrs["created"], size_bytes=path.stat().st_size)
+                       cameras=tuple(cameras), created=attrs["created"], size_bytes=path.stat().st_size,
+                       metadata=metadata)
     return _Layout(info=info, metadata=metadata, datasets=datasets)
 
 

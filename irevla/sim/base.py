@@ -41,7 +41,7 @@ def check_instruction(instruction: str) -> str:
 
 
 class UnknownTaskError(ValueError):
-    """A task (or family) name that no env knows; the message lists or points to the valid names."""
+    """A task, family or camera name that no env knows; the message lists or points to the valid names."""
 
 
 class ContractEnv(gym.Env):
@@ -57,6 +57,10 @@ class ContractEnv(gym.Env):
             "instruction": self.task_spec.instruction,
             "time": np.asarray([time], dtype=np.float32),
         }
+
+    def _blank_images(self) -> dict[str, np.ndarray]:
+        """Black frames when rendering is off; new arrays every call so no two observations share memory."""
+        return {name: np.zeros((h, w, 3), np.uint8) for name, (h, w) in self.task_spec.observation_spec.cameras.items()}
 
     @staticmethod
     def to_observation(obs: dict[str, Any]) -> Observation:

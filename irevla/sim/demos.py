@@ -2,8 +2,12 @@
 
 For each task we run the task's scripted expert with rendering on, record every step through `EpisodeBuilder`, and
 write each finished episode as one crash-safe HDF5 file. Only successful episodes are kept unless asked otherwise;
-failures are counted and reported. Attempts use consecutive reset seeds from `seed`, so a run is reproducible and a
-re-run with another `seed` gives other layouts.
+failures are counted and reported. Attempt k of a task resets with a seed derived from (seed, task, k) and draws its
+noise from a generator derived the same way: a run is reproducible episode by episode (the episode's metadata holds
+`seed`, `attempt` and `reset_seed`), and another `seed` gives other layouts, not a shifted copy of the same ones.
+Recording a task again with the same `seed` into a directory that already holds it is refused (it would duplicate
+episodes): pick another `seed` to add more, or `resume=True` to finish an interrupted recording (attempts already on
+disk are skipped; since attempts are deterministic, the result is what one uninterrupted run would have written).
 
 `action_noise > 0` executes ``expert + N(0, noise * half_range)`` per action dimension (so 0.2 means the same on
 Meta-World's [-1, 1] and on the real robot's ±2 cm) while storing the clean expert action (DART): the demos then
@@ -13,6 +17,7 @@ cover the states a slightly wrong policy visits, which makes behaviour cloning m
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +70,17 @@ class DemoReport:
         return "\n".join(lines)
 
 
+def attempt_seeds(seed: int, task: str, attempt: int) -> tuple[int, np.random.Generator]:
+    """(reset seed, noise generator) of one attempt: independent streams per (seed, task, attempt)."""
+    sequence = np.random.SeedSequence([seed, zlib.crc32(task.encode()), attempt])
+    reset_sequence, noise_sequence = sequence.spawn(2)
+    return int(reset_sequence.generate_state(1)[0] & 0x7FFFFFFF), np.random.default_rng(noise_sequence)
+
+
+class DuplicateDemosError(ValueError):
+    """The output directory already holds this task recorded with the same seed."""
+
+
 def record_episode(env, act, builder: EpisodeBuilder, seed: int, noise: float, rng: np.random.Generator):
     """Run one expert episode; returns (episode, success)."""
     obs, info = env.reset(seed=seed)
@@ -85,7 +101,8 @@ def collect_expert_demos(tasks: Sequence[str], episodes: int, out: str | Path, f
                          image_size: int = 128, cameras: Sequence[str] | None = None, fast: bool = True,
                          seed: int = 0, keep_failures: bool = False, action_noise: float = 0.0,
                          max_attempts_factor: float = 3.0, variation: str = "", variation_seed: int = 0,
-                         round: int = 0, max_episode_steps: int | None = None, progress: bool = True) -> DemoReport:
+                         round: int = 0, max_episode_steps: int | None = None, resume: bool = False,
+                         progress: bool = True) -> DemoReport:
     """Record `episodes` successful expert episodes per task into `out`; see the module docstring."""
     store = EpisodeStore(out)
     report = DemoReport(out=str(out))
@@ -97,18 +114,29 @@ def collect_expert_demos(tasks: Sequence[str], episodes: int, out: str | Path, f
                                    variation=variation, variation_seed=variation_seed,
                                    max_episode_steps=max_episode_steps)
             act = make_expert(env)
-            rng = np.random.default_rng([seed, len(report.tasks)])
-            task_report = TaskDemoReport(task=task)
+            existing = [i for i in store.index(task=env.task_spec.full_name) if i.metadata.get("seed") == seed]
+            if existing and not resume:
+                raise DuplicateDemosError(
+                    f"{out} already holds {len(existing)} episode(s) of {env.task_spec.full_name} recorded with seed "
+                    f"{seed}; recording again would duplicate them: use another --seed, another --out, or --resume "
+                    f"to finish an interrupted recording")
+            done_attempts = {i.metadata.get("attempt") for i in existing}
+            task_report = TaskDemoReport(task=task, kept=len(existing))
+            bar.update(min(len(existing), episodes))
             report.tasks.append(task_report)
             start = time.perf_counter()
             try:
                 for attempt in range(max_attempts):
                     if task_report.kept >= episodes:
                         break
-                    metadata = {"seed": seed + attempt, "expert": f"{family}-scripted", "action_noise": action_noise,
+                    if attempt in done_attempts:
+                        continue
+                    reset_seed, rng = attempt_seeds(seed, task, attempt)
+                    metadata = {"seed": seed, "attempt": attempt, "reset_seed": reset_seed,
+                                "expert": f"{family}-scripted", "action_noise": action_noise,
                                 "variation": variation, "variation_seed": variation_seed}
                     builder = EpisodeBuilder(env.task_spec, source="script", round=round, metadata=metadata)
-                    episode, success = record_episode(env, act, builder, seed + attempt, action_noise, rng)
+                    episode, success = record_episode(env, act, builder, reset_seed, action_noise, rng)
                     task_report.steps += episode.n_steps
                     task_report.successes += int(success)
                     task_report.failures += int(not success)

@@ -71,7 +71,7 @@ import numpy as np
 from gymnasium import spaces
 
 from irevla.sim.base import ContractEnv, UnknownTaskError, check_instruction, observation_space
-from irevla.sim.rendering import CameraRenderer
+from irevla.sim.rendering import CameraRenderer, check_cameras
 from irevla.sim.variations import Variation, VariationError, parse_variation, recolor_geoms
 from irevla.spec import REAL_ROBOT_PROPRIO, ActionSpec, ContractError, ObservationSpec, TaskSpec, ee_rotation_feature
 
@@ -333,7 +333,9 @@ class KitchenEnv(ContractEnv):
         self.task = TASKS[task]
         self.action_mode = action_mode
         self.render_mode = render_mode
-        self.max_episode_steps = int(max_episode_steps or DEFAULT_MAX_STEPS)
+        self.max_episode_steps = DEFAULT_MAX_STEPS if max_episode_steps is None else int(max_episode_steps)
+        if self.max_episode_steps <= 0:
+            raise ValueError(f"max_episode_steps: expected > 0, got {max_episode_steps}")
         self.max_target_error = float(max_target_error)
         self.max_target_rotation = 0.5  # rad, the rotational counterpart of max_target_error
         self.reset_noise = float(reset_noise)
@@ -362,13 +364,10 @@ class KitchenEnv(ContractEnv):
         self._target_geoms = self._task_target_geoms()
         self._apply_variation(self.variation)
 
-        self.cameras = tuple(cameras)
-        if not self.cameras:
-            raise ValueError("cameras: at least one camera is needed (the contract's observation carries images)")
+        self.cameras = check_cameras(model, cameras, f"Kitchen {task}")
         self.render_images = render_images
         self._renderer = CameraRenderer(model, self.cameras, self.image_height, self.image_width,
                                         fast=fast) if render_images else None
-        self._blank = {c: np.zeros((self.image_height, self.image_width, 3), np.uint8) for c in self.cameras}
 
         mujoco.mj_forward(model, self.data)
         self._base_pos = self.data.xpos[self._base_id].copy()
@@ -455,7 +454,7 @@ class KitchenEnv(ContractEnv):
                                [self.gripper_width()]]).astype(np.float32)
 
     def _observe(self) -> dict[str, Any]:
-        images = self._renderer.render(self.data) if self._renderer is not None else self._blank
+        images = self._renderer.render(self.data) if self._renderer is not None else self._blank_images()
         return self._make_obs(images, self._proprio(), float(self.data.time))
 
     def _info(self, success: bool) -> dict[str, Any]:

@@ -28,8 +28,8 @@ import numpy as np
 from gymnasium import spaces
 
 from irevla.sim.base import ContractEnv, UnknownTaskError, check_instruction, observation_space
-from irevla.sim.rendering import CameraRenderer
-from irevla.sim.variations import Variation, VariationError, parse_variation, recolor_geoms, scale_geoms
+from irevla.sim.rendering import CameraRenderer, check_cameras
+from irevla.sim.variations import Variation, VariationError, parse_variation, recolor_geoms, scale_bodies
 from irevla.spec import METAWORLD_PROPRIO, ActionSpec, ObservationSpec, TaskSpec
 
 DEFAULT_MAX_STEPS = 500
@@ -91,6 +91,14 @@ INSTRUCTIONS: dict[str, str] = {
 }
 
 
+class VariationOverlapWarning(UserWarning):
+    """A position shift leaves the range overlapping the training range (not a fully unseen-position task)."""
+
+
+def _boxes_overlap(low_a, high_a, low_b, high_b) -> bool:
+    return bool(np.all(low_b <= high_a + 1e-9) and np.all(high_b >= low_a - 1e-9))
+
+
 def task_names() -> list[str]:
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
@@ -122,14 +130,18 @@ class MetaWorldEnv(ContractEnv):
         # The state vector must carry the goal: the scripted experts read it (the policy never sees this state).
         raw._partially_observable = False
         raw.__dict__.pop("sawyer_observation_space", None)  # a cached_property computed for the old setting
-        self.max_episode_steps = int(max_episode_steps or DEFAULT_MAX_STEPS)
+        self.max_episode_steps = DEFAULT_MAX_STEPS if max_episode_steps is None else int(max_episode_steps)
+        if self.max_episode_steps <= 0:
+            raise ValueError(f"max_episode_steps: expected > 0, got {max_episode_steps}")
         raw.max_path_length = self.max_episode_steps + 1  # we truncate; Meta-World must never raise first
 
         self.variation = parse_variation(variation, variation_seed)
+        if self.variation.scale is not None:
+            self._rescale_objects(self.variation.scale)
         self._object_geoms = self._task_object_geoms()
         self._apply_variation(self.variation)
 
-        self.cameras = tuple(cameras)
+        self.cameras = check_cameras(raw.model, cameras, f"Meta-World {task}")
         self.image_size = int(image_size)
         self.render_images = render_images
         flip = [c for c in self.cameras if self._camera_is_upside_down(c)]
@@ -148,7 +160,6 @@ class MetaWorldEnv(ContractEnv):
         self.action_space = spaces.Box(-1.0, 1.0, (4,), np.float32)
         self._steps = 0
         self._state = np.zeros(39)
-        self._blank = {c: np.zeros((self.image_size, self.image_size, 3), np.uint8) for c in self.cameras}
 
     # ------------------------------------------------------------------------------------------------ variations
     def _task_object_geoms(self) -> list[int]:
@@ -157,12 +168,26 @@ class MetaWorldEnv(ContractEnv):
         first_task_body = model.body("mocap").id + 1
         return [g for g in range(model.ngeom) if model.geom_bodyid[g] >= first_task_body]
 
+    def _rescale_objects(self, scale: float) -> None:
+        """Rebuild the model with the task's objects scaled (see `variations.scale_bodies`) and swap it in."""
+        raw, model = self._raw, self._raw.model
+        first_task_body = model.body("mocap").id + 1
+        roots = [model.body(b).name for b in range(first_task_body, model.nbody) if model.body_parentid[b] == 0]
+        if not roots or not all(roots):
+            raise VariationError(f"scale:{scale}: cannot find the named object bodies of {self._raw.fullpath}")
+        spec = mujoco.MjSpec.from_file(raw.fullpath)
+        scale_bodies(spec, roots, scale)
+        scaled = spec.compile()
+        if (scaled.nq, scaled.nbody, scaled.ngeom) != (model.nq, model.nbody, model.ngeom):
+            raise VariationError(f"scale:{scale}: the rebuilt model of {raw.fullpath} does not match the original")
+        scaled.eq_data[:] = model.eq_data  # Meta-World sets the mocap weld's data after loading; keep its values
+        raw.model, raw.data = scaled, mujoco.MjData(scaled)
+        mujoco.mj_forward(scaled, raw.data)
+
     def _apply_variation(self, variation: Variation) -> None:
         raw, model = self._raw, self._raw.model
         if variation.color is not None and recolor_geoms(model, self._object_geoms, variation.color) == 0:
             raise VariationError(f"{variation.text!r}: task {raw.__class__.__name__} has no visible object geoms")
-        if variation.scale is not None and scale_geoms(model, self._object_geoms, variation.scale) == 0:
-            raise VariationError(f"{variation.text!r}: task has no primitive object geoms to scale")
         space = raw._random_reset_space
         low, high = space.low.copy(), space.high.copy()
         for kind, shift in variation.shifts.items():
@@ -176,6 +201,13 @@ class MetaWorldEnv(ContractEnv):
                     raise VariationError(f"{variation.text!r}: this task's random vector has no goal position")
                 low[3:6] += shift
                 high[3:6] += shift
+        for kind, (a, b) in {"obj": (slice(0, 3), "object"), "goal": (slice(3, 6), "goal")}.items():
+            if kind in variation.shifts and _boxes_overlap(space.low[a], space.high[a], low[a], high[a]):
+                width = np.round(space.high[a] - space.low[a], 3).tolist()
+                warnings.warn(f"variation {variation.text!r}: the shifted {b} range still overlaps the training range "
+                              f"(its width is {width} m), so some layouts repeat training ones; shift by more than "
+                              f"the width along one axis for an unseen-position task", VariationOverlapWarning,
+                              stacklevel=3)
         raw._random_reset_space = spaces.Box(low, high, dtype=np.float64)
 
     @property
@@ -197,7 +229,7 @@ class MetaWorldEnv(ContractEnv):
 
     def _observe(self) -> dict[str, Any]:
         raw = self._raw
-        images = self._renderer.render(raw.data) if self._renderer is not None else self._blank
+        images = self._renderer.render(raw.data) if self._renderer is not None else self._blank_images()
         proprio = np.asarray(self._state[:4], dtype=np.float32)  # hand xyz, gripper opening
         return self._make_obs(images, proprio, float(raw.data.time))
 

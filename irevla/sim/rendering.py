@@ -18,6 +18,18 @@ def camera_names(model: mujoco.MjModel) -> list[str]:
     return [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
 
 
+def check_cameras(model: mujoco.MjModel, cameras, where: str) -> tuple[str, ...]:
+    """Validate camera names up front, with an error listing the model's cameras (before anything looks them up)."""
+    from irevla.sim.base import UnknownTaskError
+
+    cameras = tuple(cameras)
+    known = camera_names(model)
+    unknown = [c for c in cameras if c not in known]
+    if not cameras or unknown:
+        raise UnknownTaskError(f"{where}: unknown camera(s) {unknown or '(none given)'}; this env has {known}")
+    return cameras
+
+
 class CameraRenderer:
     """Render named cameras of one MjModel as upright uint8 RGB images.
 

@@ -5,7 +5,7 @@ A variation string is one or more terms joined by ``+``; each term is ``kind:arg
 =================  ===================================================================================================
 ``color:NAME``     recolour the task's objects (``red``, ``green``, ``blue``, ``yellow``, ``purple``, ``orange``,
                    ``cyan``, ``white``, ``black``, ``random`` — the seed picks — or ``r,g,b`` in 0..1)
-``scale:S``        scale the size of the objects' primitive geoms by S (mesh geoms keep their shape)
+``scale:S``        scale the task's objects as a whole by S (the model is rebuilt; experts may fail: new shape)
 ``obj:DX,DY,DZ``   shift the object position range by (DX, DY, DZ) metres (outside the training range)
 ``goal:DX,DY,DZ``  shift the goal position range (tasks whose random vector carries a goal)
 ``hand:DX,DY,DZ``  shift the hand's start position
@@ -116,17 +116,44 @@ def recolor_geoms(model, geom_ids, rgb: tuple[float, float, float]) -> int:
     return changed
 
 
-def scale_geoms(model, geom_ids, scale: float) -> int:
-    """Scale primitive geoms (box, sphere, capsule, cylinder, ellipsoid); returns how many changed."""
+def scale_bodies(spec, root_names, scale: float) -> int:
+    """Scale whole object subtrees in an `mujoco.MjSpec` about each root body's origin, before compiling.
+
+    Everything that has a size or a position inside the subtree is scaled together (child body positions, geom
+    sizes and positions, sites, joint anchors, explicit inertial frames, and meshes used only by these objects), so
+    a multi-part object keeps its shape and the compiler recomputes collision bounds and (geom-derived) inertia.
+    Scaling sizes of an already compiled model would not: MuJoCo's broad phase keeps the old bounding boxes and
+    misses contacts. Returns the number of geoms scaled.
+    """
     import mujoco
 
-    primitive = {int(mujoco.mjtGeom.mjGEOM_SPHERE), int(mujoco.mjtGeom.mjGEOM_CAPSULE),
-                 int(mujoco.mjtGeom.mjGEOM_ELLIPSOID), int(mujoco.mjtGeom.mjGEOM_CYLINDER),
-                 int(mujoco.mjtGeom.mjGEOM_BOX)}
-    changed = 0
-    for g in geom_ids:
-        if int(model.geom_type[g]) in primitive:
-            model.geom_size[g] *= scale
-            model.geom_rbound[g] *= scale
-            changed += 1
-    return changed
+    bodies, stack = [], [spec.body(name) for name in root_names]
+    while stack:
+        body = stack.pop()
+        bodies.append(body)
+        stack.extend(body.bodies)
+    inside = {id(b) for b in bodies}
+    task_geoms = [g for b in bodies for g in b.geoms]
+    other_meshes = {g.meshname for g in spec.geoms if g.meshname and id(g.parent) not in inside}
+    scaled_meshes = set()
+    for body in bodies:
+        if body.name not in root_names:
+            body.pos = body.pos * scale
+        if body.explicitinertial:
+            body.ipos = body.ipos * scale
+        for site in body.sites:
+            site.pos, site.size = site.pos * scale, site.size * scale
+        for joint in body.joints:
+            joint.pos = joint.pos * scale
+    for geom in task_geoms:
+        geom.pos = geom.pos * scale
+        if geom.type == mujoco.mjtGeom.mjGEOM_MESH:
+            if geom.meshname not in other_meshes and geom.meshname not in scaled_meshes:
+                mesh = spec.mesh(geom.meshname)
+                mesh.scale = mesh.scale * scale
+                scaled_meshes.add(geom.meshname)
+        else:
+            geom.size = geom.size * scale
+            if not any(map(lambda v: v != v, geom.fromto)):  # fromto is NaN unless the geom uses it
+                geom.fromto = geom.fromto * scale
+    return len(task_geoms)

@@ -33,7 +33,7 @@ def test_round_trip_is_bit_identical(tmp_path: Path, compression: str, optional_
     episode = make_episode(5, n_steps=7, task=task, source="teleop", round=3, optional_arrays=optional_arrays)
     path = write_episode_file(episode, tmp_path, compression=compression)
 
-    assert EPISODE_NAME.match(path.name) and path.name.startswith("ep-20250101T000005-")
+    assert EPISODE_NAME.match(path.name) and path.name.startswith("ep-20250101T000005000000-")
     assert sorted(os.listdir(tmp_path)) == [path.name]  # no temp file left behind
     back = read_episode(path)
     assert back == episode

@@ -10,6 +10,7 @@ import torch
 from episode_factory import make_episode, make_task
 from torch.utils.data import DataLoader
 
+from irevla.data.episode_file import read_episode
 from irevla.data.split import split_by_episode
 from irevla.data.stats import compute_stats
 from irevla.data.store import EpisodeStore
@@ -129,9 +130,13 @@ def test_dataloader_with_two_workers(store: EpisodeStore, action_chunk: int | No
         assert batch["proprio"].dtype == torch.float32
         assert batch["action"].shape[1:] == ((4,) if action_chunk is None else (3, 4))
         assert isinstance(batch["instruction"], list)
-        rows = zip(batch["episode"].tolist(), batch["step"].tolist(), batch["action"], strict=True)
-        for episode, step, action in rows:
+        rows = zip(batch["episode"].tolist(), batch["step"].tolist(), batch["action"], batch["images"]["front"],
+                   strict=True)
+        for episode, step, action, image in rows:
             expected = dataset[dataset._offsets[episode] + step]["action"]
             assert torch.equal(action, expected)
+            # Frames come from HDF5 in the workers: compare with an independent read of the file.
+            frame = read_episode(store.paths()[episode]).images["front"][step]
+            assert torch.equal(image, torch.from_numpy(frame).permute(2, 0, 1))
             seen.append((episode, step))
     assert sorted(seen) == [dataset.locate(i) for i in range(len(dataset))]

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from irevla.cli import main
 from irevla.data.episode_file import read_episode
@@ -22,7 +23,7 @@ def test_collects_successful_expert_episodes(tmp_path):
         assert episode.images["corner2"].shape == (episode.n_steps + 1, 32, 32, 3)
         assert episode.actions.shape == (episode.n_steps, 4) and episode.rewards[-1] == 1.0
         assert np.abs(episode.actions).max() <= 1.0
-        assert episode.metadata["seed"] in (10, 11)
+        assert episode.metadata["seed"] == 10 and episode.metadata["attempt"] in (0, 1)
 
 
 def test_failures_are_counted_and_only_kept_when_asked(tmp_path):
@@ -37,13 +38,59 @@ def test_failures_are_counted_and_only_kept_when_asked(tmp_path):
     assert [read_episode(p).success for p in EpisodeStore(tmp_path / "b").paths()] == [False, False]
 
 
-def test_dart_noise_stores_the_clean_expert_action(tmp_path):
-    collect_expert_demos(["reach-v3"], 1, tmp_path, image_size=32, action_noise=0.3, progress=False)
-    episode = read_episode(EpisodeStore(tmp_path).paths()[0])
-    assert episode.metadata["action_noise"] == 0.3
-    # The hand moved differently from the stored actions because noise was executed, not stored.
-    moves = np.diff(episode.proprio[:, :3], axis=0) * 100  # cm per step, comparable to actions
-    assert np.abs(moves - episode.actions[:, :3]).mean() > 0.05
+def test_dart_noise_is_executed_but_the_clean_expert_action_is_stored():
+    from irevla.data.episode import EpisodeBuilder
+    from irevla.sim.demos import record_episode
+    from irevla.sim.metaworld import MetaWorldEnv
+
+    env = MetaWorldEnv("reach-v3", image_size=32)
+    expert = env.expert()
+    clean, executed = [], []
+
+    def spy_act(obs, info):
+        clean.append(expert(obs, info))
+        return clean[-1]
+
+    step = env.step
+
+    def spy_step(action):
+        executed.append(np.array(action))
+        return step(action)
+
+    env.step = spy_step
+    episodes = {}
+    for noise in (0.0, 0.3):
+        clean.clear(), executed.clear()
+        builder = EpisodeBuilder(env.task_spec, source="script")
+        episodes[noise], _ = record_episode(env, spy_act, builder, 7, noise, np.random.default_rng(0))
+        np.testing.assert_array_equal(episodes[noise].actions, np.clip(clean, -1, 1))  # the clean action is stored
+        gap = np.abs(np.asarray(executed) - np.asarray(clean)).mean()
+        assert gap == 0.0 if noise == 0.0 else gap > 0.1  # ... and the noisy one is executed
+    # Same reset seed, different executed actions: the hand takes a different path.
+    n = min(episodes[0.0].n_steps, episodes[0.3].n_steps)
+    assert np.abs(episodes[0.0].proprio[1:n, :3] - episodes[0.3].proprio[1:n, :3]).max() > 0.005
+    env.close()
+
+
+def test_attempts_are_reproducible_seeded_per_task_and_duplicates_are_refused(tmp_path):
+    from irevla.sim.demos import DuplicateDemosError, attempt_seeds
+
+    assert attempt_seeds(0, "reach-v3", 1)[0] == attempt_seeds(0, "reach-v3", 1)[0]
+    firsts = {attempt_seeds(s, t, a)[0] for s in (0, 1) for t in ("reach-v3", "push-v3") for a in range(3)}
+    assert len(firsts) == 12  # another seed or task gives other layouts, not a shifted copy
+    collect_expert_demos(["reach-v3"], 2, tmp_path, image_size=32, seed=3, progress=False)
+    try:
+        collect_expert_demos(["reach-v3"], 2, tmp_path, image_size=32, seed=3, progress=False)
+        raise AssertionError("recording the same seed twice must be refused")
+    except DuplicateDemosError as exc:
+        assert "already holds 2 episode(s) of metaworld/reach-v3 recorded with seed 3" in str(exc)
+    # --resume tops up to the requested count without duplicating what is there.
+    report = collect_expert_demos(["reach-v3"], 3, tmp_path, image_size=32, seed=3, resume=True, progress=False)
+    infos = EpisodeStore(tmp_path).index()
+    assert report.kept == 3 and len(infos) == 3
+    assert sorted(i.metadata["attempt"] for i in infos) == [0, 1, 2]
+    collect_expert_demos(["reach-v3"], 1, tmp_path, image_size=32, seed=4, progress=False)  # another seed adds
+    assert len(EpisodeStore(tmp_path).paths()) == 4
 
 
 def test_cli_demos_sim_and_data_commands(tmp_path, capsys):
@@ -66,6 +113,13 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "irevla: error: unknown Meta-World task 'nonsense-v3'" in capsys.readouterr().err
     assert main(["sim", "show", "--task", "reach-v3", "--variation", "colour:red", "--out", str(tmp_path / "x.png")]) == 2
     assert "unknown kind 'colour'" in capsys.readouterr().err
+    assert main(["demos", "sim", "--tasks", "reach-v3", "--episodes", "1", "--out", str(tmp_path),
+                 "--cameras", "front"]) == 2
+    assert "unknown camera(s) ['front']; this env has ['topview', 'corner'" in capsys.readouterr().err
+    for bad_args in (["--episodes", "-3"], ["--episodes", "2", "--noise", "-1"], ["--episodes", "1", "--max-steps", "0"]):
+        with pytest.raises(SystemExit):
+            main(["demos", "sim", "--tasks", "reach-v3", "--out", str(tmp_path), *bad_args])
+        assert "expected a" in capsys.readouterr().err
     bad = tmp_path / "demo.yaml"
     bad.write_text("demos:\n  episodez: 3\n")
     assert main(["demo", "--config", str(bad)]) == 2
@@ -96,3 +150,10 @@ def test_kitchen_demos_record_ee_delta_episodes(tmp_path):
     episode = read_episode(EpisodeStore(tmp_path).paths()[0])
     assert episode.task.family == "kitchen" and episode.actions.shape[1] == 7
     assert set(episode.images) == {"front"} and episode.success
+
+
+def test_irevla_demo_can_be_run_again(tmp_path, capsys):
+    for _ in range(2):  # `make demo` twice: the second run finds the episodes and only prints the summary
+        assert main(["demo", "--out", str(tmp_path), "--episodes", "1"]) == 0
+    assert len(EpisodeStore(tmp_path).paths()) == 2  # two tasks x one episode, no duplicates
+    assert "metaworld/drawer-open-v3" in capsys.readouterr().out

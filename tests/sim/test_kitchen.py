@@ -74,7 +74,7 @@ def test_proprio_is_the_ee_pose_in_the_base_frame(blind_env):
     pos, mat = blind_env.world_to_base(*blind_env.ee_pose_world())
     np.testing.assert_allclose(obs["proprio"][:3], pos, atol=1e-6)
     reference = np.reshape(blind_env.task_spec.extra["ee_rotation_reference"], (3, 3))
-    np.testing.assert_allclose(reference @ rotvec_to_mat(obs["proprio"][3:6]), mat, atol=1e-5)
+    np.testing.assert_allclose(rotvec_to_mat(obs["proprio"][3:6]) @ reference, mat, atol=1e-5)
     assert np.linalg.norm(obs["proprio"][3:6]) < 0.1  # near the ready orientation: small and far from the flip
     # The base is the robot's (x into the kitchen = world +y, y = world -x, z up); the hand starts 0.12 m ahead,
     # 0.43 m to the left and 0.22 m above the base (FrankaKitchen-v1's start).

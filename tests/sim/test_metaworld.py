@@ -158,18 +158,38 @@ def test_position_shift_moves_the_object_outside_the_training_range():
         e.close()
 
 
-def test_scale_variation_resizes_primitive_geoms():
-    base = MetaWorldEnv("button-press-v3", render_images=False)
-    big = MetaWorldEnv("button-press-v3", render_images=False, variation="scale:1.5")
-    sizes = base._raw.model.geom_size[base.object_geoms]
-    ratio = big._raw.model.geom_size[big.object_geoms] / np.where(sizes == 0, 1, sizes)
-    assert np.any(np.isclose(ratio, 1.5))
+def test_scale_variation_scales_whole_objects_with_working_contacts():
+    import mujoco
+
+    base = MetaWorldEnv("drawer-open-v3", render_images=False)
+    big = MetaWorldEnv("drawer-open-v3", render_images=False, variation="scale:1.5")
+    b, m = base._raw.model, big._raw.model
+    geoms = big.object_geoms
+    primitive = [g for g in geoms if m.geom_type[g] != mujoco.mjtGeom.mjGEOM_MESH]
+    np.testing.assert_allclose(m.geom_size[primitive], b.geom_size[primitive] * 1.5, rtol=1e-6)
+    # Collision bounds were recomputed by the compiler (scaling a compiled model would leave them stale).
+    np.testing.assert_allclose(m.geom_aabb[primitive], b.geom_aabb[primitive] * 1.5, rtol=1e-5, atol=1e-9)
+    # Parts keep their arrangement: the distance between two parts of the drawer scales too.
+    parts = [m.body("drawercase_link").id, m.body("drawer_link").id]
+    np.testing.assert_allclose(np.linalg.norm(m.body_pos[parts[1]]), np.linalg.norm(b.body_pos[parts[1]]) * 1.5,
+                               rtol=1e-6)
+    # The bigger drawer is still a solid object: the expert's hand collides with it and can open it.
+    act = big.expert()
+    obs, info = big.reset(seed=0)
+    done, contacts = False, 0
+    while not done:
+        obs, reward, terminated, truncated, info = big.step(act(obs, info))
+        data = big._raw.data
+        contacts += sum(1 for c in data.contact[:data.ncon] if c.geom1 in geoms or c.geom2 in geoms)
+        done = terminated or truncated
+    assert contacts > 0
     base.close(), big.close()
 
 
 @pytest.mark.parametrize("bad, message", [
     ("colour:red", "unknown kind 'colour'"), ("color:mauve", "unknown colour"), ("scale:huge", "needs a number"),
-    ("obj:1,2", "dx,dy,dz"), ("goal:0.1,0,0", "no goal position"), ("red", "kind:argument")])
+    ("obj:1,2", "dx,dy,dz"), ("goal:0.1,0,0", "no goal position"), ("red", "kind:argument"),
+    ("scale:9", "outside the sensible range")])
 def test_bad_variations_are_clear_errors(bad, message):
     with pytest.raises(VariationError, match=message):
         MetaWorldEnv("button-press-v3", render_images=False, variation=bad)
@@ -178,3 +198,24 @@ def test_bad_variations_are_clear_errors(bad, message):
 def test_unknown_task_names_the_task():
     with pytest.raises(ValueError, match="unknown Meta-World task 'button-v3'"):
         MetaWorldEnv("button-v3")
+
+
+def test_a_shift_that_still_overlaps_the_training_range_warns():
+    from irevla.sim.metaworld import VariationOverlapWarning
+
+    with pytest.warns(VariationOverlapWarning, match="still overlaps the training range"):
+        MetaWorldEnv("button-press-v3", render_images=False, variation="obj:0.1,0,0").close()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VariationOverlapWarning)
+        MetaWorldEnv("button-press-v3", render_images=False, variation="obj:0.25,0,0").close()
+
+
+def test_check_env_passes_without_rendering_and_frames_are_never_shared():
+    env = MetaWorldEnv("reach-v3", render_images=False)
+    check_env(env, skip_render_check=True)
+    first = env.reset(seed=0)[0]["images"]["corner2"]
+    second = env.step(np.zeros(4))[0]["images"]["corner2"]
+    assert first is not second and not np.shares_memory(first, second)
+    env.close()
