@@ -23,18 +23,22 @@ from irevla.sim.registry import make_env_by_name
 CASES = {"metaworld": "button-press-v3", "kitchen": "microwave-open"}
 
 
-def measure(family: str, task: str, size: int, fast: bool, steps: int) -> float:
+def measure(family: str, task: str, size: int, fast: bool, steps: int, repeats: int) -> tuple[float, float]:
+    """Median and spread (max - min) of frames/s over `repeats` timed runs of `steps` steps in one env."""
     env = make_env_by_name(family, task, image_size=size, fast=fast)
     try:
         env.action_space.seed(0)
         env.reset(seed=0)
         env.step(env.action_space.sample())  # first frame builds GL state: keep it out of the timing
-        start = time.perf_counter()
-        for _ in range(steps):
-            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:
-                env.reset()
-        return steps / (time.perf_counter() - start)
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(steps):
+                _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                if terminated or truncated:
+                    env.reset()
+            rates.append(steps / (time.perf_counter() - start))
+        return float(np.median(rates)), float(max(rates) - min(rates))
     finally:
         env.close()
 
@@ -43,24 +47,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="timed steps with fast rendering")
     parser.add_argument("--default-steps", type=int, default=8, help="timed steps with default rendering")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
     parser.add_argument("--families", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 224])
     parser.add_argument("--out", default="bench/results/sim.json")
     args = parser.parse_args()
 
     rows = []
-    print(f"{'family':10s} {'task':18s} {'px':>4s} {'fast fps':>9s} {'default fps':>12s} {'ratio':>6s}")
+    print(f"{'family':10s} {'task':18s} {'px':>4s} {'fast fps':>14s} {'default fps':>14s} {'ratio':>6s}")
     for family in args.families:
         for size in args.sizes:
-            fast = measure(family, CASES[family], size, True, args.steps)
-            default = measure(family, CASES[family], size, False, args.default_steps)
+            fast, fast_spread = measure(family, CASES[family], size, True, args.steps, args.repeats)
+            default, default_spread = measure(family, CASES[family], size, False, args.default_steps, args.repeats)
             rows.append({"family": family, "task": CASES[family], "image_size": size, "fast_fps": fast,
-                         "default_fps": default, "fast_over_default": fast / default})
-            print(f"{family:10s} {CASES[family]:18s} {size:4d} {fast:9.1f} {default:12.2f} {fast / default:6.1f}")
+                         "fast_fps_spread": fast_spread, "default_fps": default, "default_fps_spread": default_spread,
+                         "fast_over_default": fast / default})
+            print(f"{family:10s} {CASES[family]:18s} {size:4d} {fast:8.1f} ±{fast_spread / 2:4.1f} "
+                  f"{default:8.2f} ±{default_spread / 2:4.2f} {fast / default:6.1f}")
     result = {"benchmark": "sim_step_render", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpus": __import__("os").cpu_count()},
-              "steps": {"fast": args.steps, "default": args.default_steps}, "results": rows,
+              "steps": {"fast": args.steps, "default": args.default_steps}, "repeats": args.repeats, "results": rows,
               "mean_fast_over_default": float(np.mean([r["fast_over_default"] for r in rows]))}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

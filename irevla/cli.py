@@ -80,7 +80,7 @@ def _cmd_demos_sim(args: argparse.Namespace) -> int:
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from irevla.data.store import check_directories
 
-    n_ok, problems = check_directories(args.dirs)
+    n_ok, problems = check_directories(args.dirs, progress=True)
     for path, problem in problems:
         print(f"BAD  {path}: {problem}")
     print(f"{n_ok} episode file(s) OK, {len(problems)} bad")

@@ -1,6 +1,7 @@
 """Packaging: one distribution that is also a ROS 2 ament_python package, a working console script, CPU torch."""
 
 import configparser
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -44,5 +45,8 @@ def test_cpu_torch_without_cuda_packages_or_torchvision():
 
     installed = {dist.metadata["Name"].lower() for dist in metadata.distributions()}
     assert "torchvision" not in installed  # its wheel drags a CUDA torch in over the CPU one
-    if "+cpu" in torch.__version__:
-        assert not [name for name in installed if name.startswith("nvidia-")], "CUDA wheels next to a CPU torch"
+    cuda_wheels = [name for name in installed if name.startswith("nvidia-")]
+    if os.environ.get("CI") or "+cpu" in torch.__version__:
+        # CI machines have no GPU: `make` must have installed the CPU build and nothing of CUDA's.
+        assert torch.version.cuda is None, f"CUDA torch {torch.__version__} installed on a CPU machine"
+        assert not cuda_wheels, f"CUDA wheels installed on a CPU machine: {cuda_wheels}"

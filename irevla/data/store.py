@@ -19,6 +19,8 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from irevla.data.episode import Episode
 from irevla.data.episode_file import (
     DEFAULT_COMPRESSION,
@@ -143,10 +145,13 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def check_files(paths: Sequence[Path], deep: bool = True) -> list[Problem]:
-    """(path, problem) for every file in `paths` that does not read back as a valid episode; never stops early."""
+def check_files(paths: Sequence[Path], deep: bool = True, progress: bool = False) -> list[Problem]:
+    """(path, problem) for every file in `paths` that does not read back as a valid episode; never stops early.
+
+    `progress` shows a bar on stderr: a deep check reads every frame, minutes for a large dataset.
+    """
     problems = []
-    for path in paths:
+    for path in tqdm(paths, desc="checking episodes", unit="file", disable=not progress, leave=False):
         try:
             read_episode(path) if deep else read_info(path)
         except FileNotFoundError:
@@ -250,7 +255,8 @@ class EpisodeStore(EpisodeCollection):
 
 
 # ------------------------------------------------------------------------------------------------ CLI entry points
-def check_directories(dirs: Sequence[PathLike], deep: bool = True) -> tuple[int, list[Problem]]:
+def check_directories(dirs: Sequence[PathLike], deep: bool = True, progress: bool = False
+                      ) -> tuple[int, list[Problem]]:
     """For `irevla data check DIR...`: (number of good episode files, [(path, problem)] for every bad one).
 
     A directory that does not exist is reported as a problem too, so the caller exits non-zero for it.
@@ -262,7 +268,7 @@ def check_directories(dirs: Sequence[PathLike], deep: bool = True) -> tuple[int,
             problems.append((directory, "not a directory (no episodes checked)"))
             continue
         paths = EpisodeCollection([directory]).paths()
-        bad = check_files(paths, deep=deep)
+        bad = check_files(paths, deep=deep, progress=progress)
         n_ok += len(paths) - len(bad)
         problems.extend(bad)
     return n_ok, problems
