@@ -133,7 +133,7 @@ def print_table(results: list[dict]) -> None:
                "load_s", "checkpoint_mb")
     print("  ".join(f"{c:>16s}" for c in columns))
     for row in results:
-        print("  ".join(f"{row[c]:>16.1f}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in columns))
+        print("  ".join(f"{row[c]:>16.4g}" if isinstance(row[c], float) else f"{row[c]:>16}" for c in columns))
 
 
 def main(argv: list[str] | None = None) -> dict:

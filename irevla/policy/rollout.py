@@ -1,0 +1,121 @@
+"""Closed-loop evaluation of a policy in simulation: success rate per task, optionally recording the rollouts.
+
+Each episode resets a simulated env with its own seed (by default from ``EVAL_SEED_START`` on, far from the seeds
+expert demos are recorded with, so evaluation layouts are not training layouts), then feeds every observation to
+`VLAPolicy.act` until the env terminates (success) or truncates (time limit). Recorded rollouts are ordinary
+episodes (source ``rl``, metadata with the policy's checkpoint id and the seed): iRe-VLA keeps the successful ones
+as D_RL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from irevla.data.episode import Episode, EpisodeBuilder
+from irevla.data.store import EpisodeStore
+from irevla.policy.vla import VLAPolicy
+from irevla.spec import Observation
+
+EVAL_SEED_START = 100_000
+
+
+@dataclass
+class TaskEvaluation:
+    task: str
+    episodes: int = 0
+    successes: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    seeds: list[int] = field(default_factory=list)
+    outcomes: list[bool] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.episodes if self.episodes else 0.0
+
+
+@dataclass
+class EvaluationReport:
+    tasks: list[TaskEvaluation] = field(default_factory=list)
+
+    @property
+    def success_rate(self) -> float:
+        episodes = sum(t.episodes for t in self.tasks)
+        return sum(t.successes for t in self.tasks) / episodes if episodes else 0.0
+
+    def to_dict(self) -> dict:
+        return {"success_rate": self.success_rate,
+                "tasks": [asdict(t) | {"success_rate": t.success_rate} for t in self.tasks]}
+
+    def format(self) -> str:
+        lines = [f"{'task':32s} {'success':>9s} {'rate':>6s} {'steps/ep':>9s} {'steps/s':>8s}"]
+        for t in self.tasks:
+            lines.append(f"{t.task:32s} {f'{t.successes}/{t.episodes}':>9s} {t.success_rate:6.2f} "
+                         f"{t.steps / max(t.episodes, 1):9.1f} {t.steps / max(t.seconds, 1e-9):8.1f}")
+        lines.append(f"{'all':32s} {'':9s} {self.success_rate:6.2f}")
+        return "\n".join(lines)
+
+
+def run_episode(env, policy: VLAPolicy, seed: int, builder: EpisodeBuilder | None = None
+                ) -> tuple[bool, int, Episode | None]:
+    """One closed-loop episode; returns (success, steps, the recorded episode if a `builder` was given)."""
+    obs, info = env.reset(seed=seed)
+    terminated = truncated = False
+    steps = 0
+    while not (terminated or truncated):
+        observation = Observation.from_gym(obs)
+        action = policy.act(observation)
+        obs, reward, terminated, truncated, info = env.step(action.values)
+        if builder is not None:
+            builder.add(observation, action.values, reward)
+        steps += 1
+    success = bool(info.get("success", False))
+    episode = builder.finish(Observation.from_gym(obs), success=success) if builder is not None else None
+    return success, steps, episode
+
+
+def evaluate_policy(policy: VLAPolicy, tasks: Sequence[str], episodes: int = 10, family: str = "metaworld",
+                    seed: int = EVAL_SEED_START, image_size: int | None = None, max_episode_steps: int | None = None,
+                    variation: str = "", variation_seed: int = 0, record_dir: str | Path | None = None,
+                    progress: Callable[[str], None] | None = None) -> EvaluationReport:
+    """Success rate of `policy` on each task over `episodes` seeded episodes (seeds ``seed .. seed + episodes - 1``).
+
+    `image_size` defaults to the size of the policy's training images; cameras are the policy's.
+    """
+    from irevla.sim.registry import make_env_by_name
+
+    if image_size is None:
+        image_size = policy.observation_spec.cameras[policy.cameras[0]][0]
+    store = EpisodeStore(record_dir) if record_dir is not None else None
+    report = EvaluationReport()
+    for task in tasks:
+        env = make_env_by_name(family, task, cameras=policy.cameras, image_size=image_size,
+                               max_episode_steps=max_episode_steps, variation=variation,
+                               variation_seed=variation_seed)
+        result = TaskEvaluation(task=task)
+        report.tasks.append(result)
+        start = time.perf_counter()
+        try:
+            for episode_seed in range(seed, seed + episodes):
+                builder = None
+                if store is not None:
+                    builder = EpisodeBuilder(env.task_spec, source="rl", metadata={
+                        "seed": episode_seed, "policy": policy.checkpoint_id or "", "variation": variation,
+                        "variation_seed": variation_seed})
+                success, steps, episode = run_episode(env, policy, episode_seed, builder)
+                if store is not None:
+                    store.write(episode)
+                result.episodes += 1
+                result.successes += int(success)
+                result.steps += steps
+                result.seeds.append(episode_seed)
+                result.outcomes.append(success)
+                if progress is not None:
+                    progress(f"{task} seed {episode_seed}: {'success' if success else 'failure'} after {steps} steps")
+        finally:
+            result.seconds = time.perf_counter() - start
+            env.close()
+    return report

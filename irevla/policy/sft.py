@@ -1,0 +1,428 @@
+"""Supervised fine-tuning (SFT) of the VLA on episode directories: stage 0 on D_e, stage 2 on D_e + D_RL.
+
+Read top to bottom: `run_sft` loads the episodes, splits them by episode, builds (or loads, with ``init``) the
+policy, then loops: sample a batch, shift-augment its images, predict actions in unit space, masked MSE against the
+normalised demo actions, AdamW step (backbone and head at their own learning rates, warmup + cosine). Every
+``eval_every`` steps it measures the validation loss; every ``checkpoint_every`` steps it writes ``<out>/last``
+(policy + optimizer state); at the end it writes the policy to ``<out>/policy``.
+
+Run directory::
+
+    <out>/config.yaml       the exact config (resuming checks the new one against it)
+    <out>/metrics.jsonl     one JSON object per log line: {"step", "loss", "lr", ...} / {"step", "val_loss", ...}
+    <out>/tensorboard/      the same scalars for TensorBoard (train.tensorboard)
+    <out>/last/             policy/ + trainer.json + optimizer.safetensors: what --resume continues from
+    <out>/policy/           the trained policy (irevla.policy.checkpoint format)
+    <out>/summary.json      steps, final losses, throughput, checkpoint id
+
+Exact resumption: batch indices, augmentation and dropout are pure functions of (seed, step), and the optimizer
+state is saved, so a run stopped at step k and resumed computes the same weights as one that never stopped.
+Accelerate places the model (GPU when there is one), runs mixed precision and, under ``accelerate launch``, shards
+every batch across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, default_collate
+
+from irevla.config import ConfigError, dump_config
+from irevla.data.split import split_by_episode
+from irevla.data.stats import compute_stats
+from irevla.data.store import EpisodeCollection
+from irevla.data.torch_dataset import EpisodeStepDataset
+from irevla.policy.checkpoint import load_policy, new_temp_directory, replace_directory, save_policy
+from irevla.policy.config import RESUMABLE_KEYS, SFTConfig
+from irevla.policy.errors import CheckpointError
+from irevla.policy.images import random_shift
+from irevla.policy.trainer_state import load_optimizer_state, optimizer_state_to_files
+from irevla.policy.vla import VLAPolicy
+from irevla.spec import ContractError
+
+TRAINER_FILE = "trainer.json"
+Log = Callable[[str], None]
+
+
+@dataclass
+class SFTResult:
+    out: str
+    policy_dir: str
+    checkpoint_id: str
+    steps: int
+    train_loss: float | None
+    val_loss: float | None
+    seconds: float
+    samples_per_second: float
+    train_episodes: int
+    val_episodes: int
+
+    def format(self) -> str:
+        val = f"{self.val_loss:.4f}" if self.val_loss is not None else "n/a"
+        train = f"{self.train_loss:.4f}" if self.train_loss is not None else "n/a"
+        return (f"SFT done: {self.steps} steps in {self.seconds:.0f} s ({self.samples_per_second:.0f} samples/s), "
+                f"train loss {train}, val loss {val} ({self.train_episodes} train / "
+                f"{self.val_episodes} val episodes)\npolicy: {self.policy_dir} ({self.checkpoint_id[:19]})")
+
+
+# ------------------------------------------------------------------------------------------ deterministic pieces
+def _mix(seed: int, *values: int) -> int:
+    """A 63-bit seed from several integers (stable across runs and processes)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, *values]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def batch_indices(step: int, batch_size: int, n_samples: int, seed: int) -> list[int]:
+    """The sample indices of `step`: consecutive slices of a stream of per-epoch permutations of the dataset."""
+    indices = []
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(position, n_samples)
+        indices.append(_epoch_permutation(seed, epoch, n_samples)[offset])
+    return indices
+
+
+_permutations: dict[tuple[int, int, int], list[int]] = {}
+
+
+def _epoch_permutation(seed: int, epoch: int, n_samples: int) -> list[int]:
+    key = (seed, epoch, n_samples)
+    if key not in _permutations:
+        if len(_permutations) > 4:
+            _permutations.clear()
+        generator = torch.Generator().manual_seed(_mix(seed, epoch, 1))
+        _permutations[key] = torch.randperm(n_samples, generator=generator).tolist()
+    return _permutations[key]
+
+
+class StepBatches:
+    """Batch sampler for a DataLoader: the index lists of steps ``start .. stop - 1`` (this process's shard)."""
+
+    def __init__(self, start: int, stop: int, batch_size: int, n_samples: int, seed: int, rank: int = 0,
+                 world: int = 1) -> None:
+        self.start, self.stop, self.batch_size, self.n_samples = start, stop, batch_size, n_samples
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            yield batch_indices(step, self.batch_size, self.n_samples, self.seed)[self.rank::self.world]
+
+
+def learning_rate_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
+    """Linear warmup to 1, then constant or cosine decay to 0 at `steps`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def masked_mse(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the real (unpadded) steps of action chunks: (B, k, A), (B, k, A), (B, k)."""
+    weights = mask.to(predicted.dtype).unsqueeze(-1)
+    return ((predicted - target) ** 2 * weights).sum() / (weights.sum() * predicted.shape[-1]).clamp_min(1.0)
+
+
+# ------------------------------------------------------------------------------------------------------- data
+@dataclass
+class SFTData:
+    train: EpisodeStepDataset
+    val: EpisodeStepDataset | None
+    train_episodes: list[str]
+    val_episodes: list[str]
+
+
+def load_episodes(config: SFTConfig) -> tuple[list, list]:
+    """(train, val) episode infos from the configured directories, split by episode."""
+    data = config.data
+    infos = EpisodeCollection(list(data.dirs)).index(task=list(data.tasks) if data.tasks else None,
+                                                     success=True if data.success_only else None)
+    if not infos:
+        raise ConfigError(f"data.dirs: no episodes in {list(data.dirs)} match tasks={data.tasks} "
+                          f"success_only={data.success_only}")
+    train, val = split_by_episode(infos, data.val_fraction, data.split_seed)
+    return train, val
+
+
+def make_datasets(config: SFTConfig, policy: VLAPolicy, train_infos: list, val_infos: list) -> SFTData:
+    options = dict(action_chunk=policy.head.chunk, cameras=policy.cameras, cache=config.data.cache)
+    try:
+        train = EpisodeStepDataset(train_infos, **options)
+        val = EpisodeStepDataset(val_infos, **options) if val_infos else None
+    except ValueError as exc:
+        raise ContractError(f"data.dirs: {exc}") from None
+    for dataset in filter(None, (train, val)):
+        for info in dataset.infos:
+            if info.task.action_spec.names != policy.action_spec.names or \
+                    info.task.observation_spec.proprio_names != policy.observation_spec.proprio_names:
+                raise ContractError(f"{info.path}: actions {info.task.action_spec.names} / proprio "
+                                    f"{info.task.observation_spec.proprio_names} differ from the policy's "
+                                    f"{policy.action_spec.names} / {policy.observation_spec.proprio_names}")
+    return SFTData(train, val, [i.path.name for i in train_infos], [i.path.name for i in val_infos])
+
+
+# ------------------------------------------------------------------------------------------------------ policy
+def make_policy(config: SFTConfig, train_infos: list) -> VLAPolicy:
+    """A fresh policy sized by the data (stage 0), or the ``init`` checkpoint set up to train (stage 2)."""
+    if config.init is not None:
+        policy = load_policy(config.init)
+        mode = config.policy.backbone_training
+        if mode == "lora" and not policy.lora_layers:
+            policy.add_lora(config.policy.lora)
+        policy.set_backbone_training(mode)
+        return policy
+    stats = compute_stats(train_infos)
+    task = train_infos[0].task
+    return VLAPolicy.build(config.policy, task.action_spec, task.observation_spec, stats,
+                           cameras=config.data.cameras, seed=config.train.seed)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def check_resumable(saved_config: Path, config: SFTConfig) -> None:
+    """Only keys in RESUMABLE_KEYS may change between a run and its resumption (the rest change the result)."""
+    try:
+        old = _flatten(yaml.safe_load(saved_config.read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{saved_config}: cannot read the run's config: {exc}") from None
+    new = _flatten(config.model_dump(mode="json"))
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUMABLE_KEYS and old.get(key) != new.get(key):
+            raise ConfigError(f"{saved_config}: {key}: the run was started with {old.get(key)!r}, the config now "
+                              f"says {new.get(key)!r}; resume with the same value or start a new run (other --out)")
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+def group_names(policy: VLAPolicy) -> list[list[str]]:
+    backbone = [f"backbone.{n}" for n, p in policy.backbone.named_parameters() if p.requires_grad]
+    head = [f"head.{n}" for n, _ in policy.head.named_parameters()]
+    return [backbone, head]
+
+
+def write_last(out: Path, policy: VLAPolicy, optimizer: torch.optim.Optimizer, step: int, info: dict) -> None:
+    """<out>/last: the policy and the optimizer state at `step`, replaced as one directory."""
+    target = out / "last"
+    temp = new_temp_directory(target)
+    save_policy(policy, temp / "policy", info=info)
+    trainer = {"format": "irevla-sft-trainer", "version": 1, "step": step,
+               "optimizer": optimizer_state_to_files(optimizer, group_names(policy), temp)}
+    (temp / TRAINER_FILE).write_text(json.dumps(trainer, indent=1))
+    replace_directory(temp, target)
+
+
+def read_last(out: Path) -> tuple[VLAPolicy, dict]:
+    last = out / "last"
+    trainer_path = last / TRAINER_FILE
+    if not trainer_path.is_file():
+        raise FileNotFoundError(f"{trainer_path}: nothing to resume (no checkpoint was written in {out})")
+    try:
+        trainer = json.loads(trainer_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{trainer_path}: not valid JSON: {exc}") from None
+    if trainer.get("format") != "irevla-sft-trainer" or trainer.get("version") != 1:
+        raise CheckpointError(f"{trainer_path}: field 'format'/'version': expected 'irevla-sft-trainer' version 1, "
+                              f"got {trainer.get('format')!r} version {trainer.get('version')!r}")
+    return load_policy(last / "policy"), trainer
+
+
+# ---------------------------------------------------------------------------------------------------- logging
+class MetricsLog:
+    """metrics.jsonl (+ TensorBoard). On resume, lines past the resumed step (written after the last checkpoint
+    of the interrupted run) are dropped so that each step appears once."""
+
+    def __init__(self, out: Path, resume_step: int, tensorboard: bool) -> None:
+        self.path = out / "metrics.jsonl"
+        if resume_step and self.path.exists():
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except (json.JSONDecodeError, AttributeError):  # a line cut short by the crash we resume from
+                    continue
+            self.path.write_text("".join(line + "\n" for line in kept))
+        elif self.path.exists():
+            self.path.unlink()
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional; metrics.jsonl has everything
+                pass
+            else:
+                self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step or None)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------------------------------------- train
+def _augment(images: dict[str, torch.Tensor], pixels: int, seed: int, step: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(_mix(seed, step, 2))
+    return {camera: random_shift(frames, pixels, generator) for camera, frames in images.items()}
+
+
+@torch.no_grad()
+def validation_loss(model, policy: VLAPolicy, dataset: EpisodeStepDataset, batch_size: int, batches: int,
+                    device: torch.device) -> float:
+    """Mean unit-space MSE over up to `batches` fixed batches spread evenly over the validation set."""
+    count = min(len(dataset), batch_size * batches)
+    indices = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
+    total, weight = 0.0, 0.0
+    with policy.evaluating():
+        for start in range(0, count, batch_size):
+            batch = default_collate([dataset[i] for i in indices[start:start + batch_size]])
+            images = {camera: frames.to(device) for camera, frames in batch["images"].items()}
+            predicted = model(images, batch["instruction"], batch["proprio"].to(device))
+            target = policy.normalizer.action_to_unit(batch["action"].to(device))
+            mask = batch["action_mask"].to(device)
+            total += float(masked_mse(predicted.float(), target, mask)) * float(mask.sum())
+            weight += float(mask.sum())
+    return total / max(weight, 1.0)
+
+
+def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = None, log: Log | None = print
+            ) -> SFTResult:
+    """Train per `config` (see the module docstring). `stop_after`: checkpoint and return after that step
+    (a time-boxed job resumes later with ``resume=True``)."""
+    from accelerate import Accelerator
+
+    say = log or (lambda message: None)
+    train_config = config.train
+    if train_config.threads:
+        torch.set_num_threads(train_config.threads)
+    out = Path(config.out)
+    if resume:
+        check_resumable(out / "config.yaml", config)
+    elif (out / "last").exists() or (out / "policy").exists():
+        raise ConfigError(f"{out}: already holds an SFT run; pass --resume to continue it, or choose another out")
+
+    accelerator = Accelerator(mixed_precision=train_config.mixed_precision, cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    train_infos, val_infos = load_episodes(config)
+    if resume:
+        policy, trainer_state = read_last(out)
+        start_step = int(trainer_state["step"])
+    else:
+        policy, trainer_state, start_step = make_policy(config, train_infos), None, 0
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            dump_config(config, out / "config.yaml")
+    data = make_datasets(config, policy, train_infos, val_infos)
+    say(f"SFT: {len(data.train)} train samples ({len(data.train_episodes)} episodes), "
+        f"{len(data.val) if data.val else 0} val samples ({len(data.val_episodes)} episodes); {policy.describe()}")
+
+    backbone_params, head_params = policy.parameter_groups()
+    groups = [{"params": backbone_params, "lr": train_config.lr, "base_lr": train_config.lr},
+              {"params": head_params, "lr": train_config.head_lr, "base_lr": train_config.head_lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=train_config.weight_decay)
+    if trainer_state is not None:
+        load_optimizer_state(optimizer, group_names(policy), out / "last", trainer_state["optimizer"])
+    model, optimizer = accelerator.prepare(policy, optimizer)
+    device = accelerator.device
+
+    stop = min(train_config.steps, stop_after) if stop_after is not None else train_config.steps
+    batches = DataLoader(data.train, batch_sampler=StepBatches(start_step, stop, train_config.batch_size,
+                                                               len(data.train), train_config.seed,
+                                                               accelerator.process_index, accelerator.num_processes),
+                         num_workers=config.data.num_workers, collate_fn=default_collate)
+    metrics = MetricsLog(out, start_step, train_config.tensorboard) if main else None
+    info_base = {"stage": "sft", "data_dirs": list(config.data.dirs), "train_episodes": len(data.train_episodes),
+                 "tasks": sorted({i.task.name for i in data.train.infos}),
+                 "instructions": sorted({i.instruction for i in data.train.infos})}
+    start_time = last_log_time = time.perf_counter()
+    # loss_value: the mean training loss of the latest log window (what the summary and checkpoints report).
+    samples_since_log, step, loss_value, val_loss = 0, start_step, float("nan"), None
+    running_loss: list[float] = []
+    model.train()
+    for step_offset, batch in enumerate(batches):
+        step = start_step + step_offset
+        factor = learning_rate_factor(step, train_config.steps, train_config.warmup_steps, train_config.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        torch.manual_seed(_mix(train_config.seed, step, 3))  # dropout, if the backbone has any
+        images = _augment(batch["images"], train_config.shift_pixels, train_config.seed, step)
+        images = {camera: frames.to(device) for camera, frames in images.items()}
+        with accelerator.autocast():
+            predicted = model(images, batch["instruction"], batch["proprio"].to(device))
+        target = policy.normalizer.action_to_unit(batch["action"].to(device))
+        loss = masked_mse(predicted.float(), target, batch["action_mask"].to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"SFT step {step}: the loss is {float(loss)} (lower train.lr / head_lr, or "
+                                     f"try mixed_precision: 'no')")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = float(accelerator.clip_grad_norm_(list(policy.parameters()), train_config.grad_clip))
+        optimizer.step()
+        running_loss.append(float(loss.detach()))
+        samples_since_log += len(batch["instruction"]) * accelerator.num_processes
+        done = step + 1
+        if main and (done % train_config.log_every == 0 or done == stop):
+            now = time.perf_counter()
+            record = {"step": done, "loss": float(np.mean(running_loss)), "lr": train_config.lr * factor,
+                      "head_lr": train_config.head_lr * factor, "grad_norm": grad_norm,
+                      "samples_per_s": samples_since_log / max(now - last_log_time, 1e-9),
+                      "elapsed_s": now - start_time}
+            metrics.write(record)
+            loss_value = record["loss"]
+            say(f"step {done}/{train_config.steps}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                f"grad {grad_norm:.2f}  {record['samples_per_s']:.0f} samples/s")
+            running_loss, samples_since_log, last_log_time = [], 0, now
+        if data.val is not None and (done % train_config.eval_every == 0 or done == train_config.steps):
+            val_loss = validation_loss(model, policy, data.val, train_config.batch_size, train_config.val_batches,
+                                       device)
+            model.train()
+            if main:
+                metrics.write({"step": done, "val_loss": val_loss})
+                say(f"step {done}  val loss {val_loss:.4f}")
+        if main and (done % train_config.checkpoint_every == 0 or done == stop):
+            write_last(out, policy, optimizer, done,
+                       {**info_base, "step": done, "train_loss": loss_value, "val_loss": val_loss})
+        accelerator.wait_for_everyone()
+    elapsed = time.perf_counter() - start_time
+    final_step = max(step + 1, start_step) if stop > start_step else start_step
+    policy_dir = out / "policy"
+    checkpoint_id = ""
+    if main:
+        if final_step >= train_config.steps:
+            checkpoint_id = save_policy(policy, policy_dir, info={
+                **info_base, "step": final_step, "train_loss": loss_value if math.isfinite(loss_value) else None,
+                "val_loss": val_loss})
+        metrics.close()
+    result = SFTResult(out=str(out), policy_dir=str(policy_dir) if checkpoint_id else "", checkpoint_id=checkpoint_id,
+                       steps=final_step, train_loss=loss_value if math.isfinite(loss_value) else None,
+                       val_loss=val_loss, seconds=elapsed,
+                       samples_per_second=(final_step - start_step) * train_config.batch_size / max(elapsed, 1e-9),
+                       train_episodes=len(data.train_episodes), val_episodes=len(data.val_episodes))
+    if main:
+        (out / "summary.json").write_text(json.dumps(asdict(result), indent=1))
+    for dataset in filter(None, (data.train, data.val)):
+        dataset.close()
+    return result
