@@ -34,6 +34,8 @@ test: system-deps venv-test
 bench: system-deps venv-test
 	$(PY) bench/bench_sim.py
 	$(PY) bench/bench_dataset.py
+	$(PY) bench/bench_robot.py
+	$(PY) bench/bench_policy.py
 
 lint: venv-test
 	$(VENV)/bin/ruff check irevla tests bench

@@ -227,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     from irevla.calibration.cli import add_calibrate_parser  # argparse only; OpenCV is imported when it runs
 
     add_calibrate_parser(commands)
+
+    from irevla.policy.cli import add_policy_parser, add_sft_parser  # argparse only; torch loads when it runs
+
+    add_sft_parser(commands)
+    add_policy_parser(commands)
+
+    from irevla.robot.cli import add_robot_parser  # argparse only; rclpy is imported when a command runs
+
+    add_robot_parser(commands)
     return parser
 
 
@@ -238,11 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     user_errors: tuple[type[BaseException], ...] = (UserError, ConfigError, ContractError, FileNotFoundError)
     try:
         from irevla.data.episode_file import EpisodeFormatError
+        from irevla.policy.errors import CheckpointError
         from irevla.sim.base import UnknownTaskError
         from irevla.sim.demos import DuplicateDemosError
         from irevla.sim.variations import VariationError
 
-        user_errors += (EpisodeFormatError, UnknownTaskError, VariationError, DuplicateDemosError)
+        user_errors += (EpisodeFormatError, UnknownTaskError, VariationError, DuplicateDemosError, CheckpointError)
     except ImportError:  # an install without the sim extra still gets clear errors for the rest
         pass
     try:

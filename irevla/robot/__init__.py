@@ -1,1 +1,16 @@
-"""ROS 2 nodes: thin rclpy shells over ROS-free cores. Only this package imports rclpy. (robot issue)"""
+"""The ROS 2 robot stack: thin rclpy nodes over ROS-free cores (docs/robot.md).
+
+Cores (no rclpy; unit-tested on their own):
+
+* `safety`, `watchdog`, `control` -- the safety filter, the stale-command watchdog, franka_control's modes and homing
+* `sim_robot`     -- MuJoCo Panda pick-cube simulation with a Cartesian impedance controller, real-time runner
+* `realsense`     -- pyrealsense2 capture with stamps and reconnects
+* `policy_runner` -- the one door to the VLA (irevla.policy); `rl_actor` -- the RL actor's seam
+* `teleop`, `keyboard` -- SpaceMouse over raw HID, keyboard, intervention detection
+* `recorder`      -- episodes into the episode store, rosbag2 export
+* `conversions`, `geometry`, `config`, `params` -- messages <-> numpy, poses, typed settings, parameter files
+
+The rclpy edge: `nodes/` (one console script each), `backends/` (sim, franka_ros2, multipanda), `ros_edge`,
+`env` (the robot as a gymnasium env over the topics) and `cli` (``irevla robot``). Nothing outside this package
+imports it except the CLI.
+"""

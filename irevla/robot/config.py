@@ -1,0 +1,335 @@
+"""Typed settings of every robot node, validated by pydantic; config/<node>.yaml holds the same defaults.
+
+Each node has one model (`FrankaControlConfig`, `SimRobotConfig`, `RealSenseCameraConfig`, `VLAPolicyConfig`,
+`TeleopConfig`, `RecorderConfig`) made of small sections. A node declares one ROS parameter per leaf, named by its
+dotted path (``safety.max_translation_per_step``), with the model's default, so ``ros2 param list`` shows every
+knob and a launch file's YAML (``/**: ros__parameters:`` with nested keys) overrides any of them. The defaults
+here and the values in ``config/*.yaml`` are the same; a test keeps them so.
+
+Topic and service names shared by several nodes live in `TopicsConfig`; every node that needs them carries the
+same section, so renaming a topic is a change in one YAML file per node (or a launch-file remap).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from irevla.config import ConfigModel
+
+Vector3 = tuple[float, float, float]
+Quaternion = tuple[float, float, float, float]
+
+# Franka's "ready" pose expressed as an end-effector pose: 45 cm in front of the base, 35 cm up, pointing down
+# (x y z w = rotation by pi about x: the gripper's z axis points at the table).
+HOME_POSITION: Vector3 = (0.45, 0.0, 0.35)
+HOME_ORIENTATION: Quaternion = (1.0, 0.0, 0.0, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------- shared names
+class TopicsConfig(ConfigModel):
+    """Names of the irevla topics and services (the franka/realsense ones are in the backend sections)."""
+
+    action: str = Field(default="/irevla/action", description="sensor_msgs/JointState: action commands (delta or "
+                                                              "absolute pose + gripper, see conversions.py)")
+    target_pose: str = Field(default="/irevla/target_pose", description="geometry_msgs/PoseStamped: absolute EE "
+                                                                        "target (gripper unchanged)")
+    robot_state: str = Field(default="/irevla/robot/state", description="sensor_msgs/JointState: proprio in "
+                                                                        "irevla.spec.REAL_ROBOT_PROPRIO order")
+    ee_pose: str = Field(default="/irevla/robot/ee_pose", description="geometry_msgs/PoseStamped: measured EE pose")
+    commanded_pose: str = Field(default="/irevla/control/commanded_pose",
+                                description="geometry_msgs/PoseStamped: the filtered target sent to the robot")
+    control_status: str = Field(default="/irevla/control/status", description="std_msgs/String: JSON status")
+    reset_service: str = Field(default="/irevla/control/reset_to_home", description="std_srvs/Trigger")
+    recover_service: str = Field(default="/irevla/control/recover", description="std_srvs/Trigger")
+    teleop_action: str = Field(default="/irevla/teleop/action", description="sensor_msgs/JointState: human action "
+                                                                            "(teleop node output)")
+    policy_info: str = Field(default="/irevla/policy/info", description="std_msgs/String: JSON, transient local")
+    episode_event: str = Field(default="/irevla/episode/event", description="std_msgs/String: JSON episode "
+                                                                            "start/end/success events")
+
+
+class CamerasConfig(ConfigModel):
+    """Which cameras a consumer reads and where: ``names[i]`` is published on ``image_topics[i]``."""
+
+    names: tuple[str, ...] = Field(default=("front", "wrist"), min_length=1)
+    image_topics: tuple[str, ...] = Field(default=("/camera/front/color/image_raw", "/camera/wrist/color/image_raw"),
+                                          min_length=1, description="sensor_msgs/Image topics, same order as names")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> CamerasConfig:
+        if len(self.names) != len(self.image_topics):
+            raise ValueError(f"names ({len(self.names)}) and image_topics ({len(self.image_topics)}) must have the "
+                             f"same length: one topic per camera")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"camera names must be unique, got {self.names}")
+        return self
+
+    def topic_of(self) -> dict[str, str]:
+        return dict(zip(self.names, self.image_topics))
+
+
+# ------------------------------------------------------------------------------------------------------ safety
+class SafetyConfig(ConfigModel):
+    """The client-side safety layers between any action and any controller (see irevla/robot/safety.py)."""
+
+    workspace_file: str = Field(default="", description="workspace box YAML from `irevla calibrate workspace`; "
+                                                        "overrides workspace_min/max when set")
+    workspace_min: Vector3 = Field(default=(0.25, -0.35, 0.03), description="box lower corner x y z (m, base)")
+    workspace_max: Vector3 = Field(default=(0.75, 0.35, 0.60), description="box upper corner x y z (m, base)")
+    delta_max_translation: float = Field(default=0.02, gt=0, description="action scaling: |dx|,|dy|,|dz| per "
+                                                                         "command are clipped to this (m)")
+    delta_max_rotation: float = Field(default=0.1, gt=0, description="action scaling: |drx|.. clipped (rad)")
+    max_translation_per_step: float = Field(default=0.03, gt=0, description="target moves at most this far per "
+                                                                            "command (m)")
+    max_rotation_per_step: float = Field(default=0.15, gt=0, description="target turns at most this per command "
+                                                                         "(rad)")
+    max_linear_velocity: float = Field(default=0.5, gt=0, description="target speed limit (m/s) over the time "
+                                                                      "since the previous target")
+    max_angular_velocity: float = Field(default=2.0, gt=0, description="target angular speed limit (rad/s)")
+    max_target_error: float = Field(default=0.05, gt=0, description="reference clipping: target at most this far "
+                                                                    "from the measured pose (m)")
+    max_target_rotation_error: float = Field(default=0.5, gt=0, description="target at most this angle from the "
+                                                                            "measured orientation (rad)")
+    min_step_time: float = Field(default=0.02, gt=0, description="velocity limits use at least this time between "
+                                                                 "commands (s), so a burst cannot stall")
+
+    @model_validator(mode="after")
+    def _box(self) -> SafetyConfig:
+        for axis, low, high in zip("xyz", self.workspace_min, self.workspace_max):
+            if not high > low:
+                raise ValueError(f"workspace_max.{axis} ({high}) must be greater than workspace_min.{axis} ({low})")
+        return self
+
+
+class WatchdogConfig(ConfigModel):
+    command_timeout: float = Field(default=0.3, gt=0, description="no command for this long (s) -> hold the "
+                                                                  "current pose")
+    max_command_age: float = Field(default=1.0, ge=0, description="reject commands whose header stamp is older "
+                                                                  "than this (s); 0 disables")
+
+
+# ------------------------------------------------------------------------------------------------ franka_control
+class ControlLoopConfig(ConfigModel):
+    backend: Literal["sim", "franka_ros2", "multipanda"] = "sim"
+    control_hz: float = Field(default=10.0, gt=0, description="nominal command rate of the policy / teleop (Hz)")
+    tick_hz: float = Field(default=50.0, gt=0, description="watchdog and target re-send rate (Hz)")
+    resend_target: bool = Field(default=True, description="re-send the current target every tick (keeps a best-"
+                                                           "effort target stream alive)")
+    default_action_frame: Literal["base", "ee"] = Field(default="base", description="frame of delta actions whose "
+                                                                                    "header.frame_id is empty")
+    base_frame: str = Field(default="base", description="frame_id of published poses (fr3_link0, panda_link0..)")
+    home_position: Vector3 = HOME_POSITION
+    home_orientation: Quaternion = HOME_ORIENTATION
+    homing_speed: float = Field(default=0.15, gt=0, description="m/s while moving to home")
+    homing_angular_speed: float = Field(default=0.6, gt=0, description="rad/s while moving to home")
+    home_tolerance: float = Field(default=0.005, gt=0, description="homing is done within this distance (m)")
+    homing_timeout: float = Field(default=20.0, gt=0, description="give up homing after this long (s)")
+    state_timeout: float = Field(default=0.5, gt=0, description="no robot state for this long -> fault (s)")
+    state_publish_hz: float = Field(default=100.0, gt=0, description="max rate of the republished robot state (Hz)")
+    status_hz: float = Field(default=5.0, gt=0, description="status topic rate (Hz); mode changes publish at once")
+
+
+class GripperActionsConfig(ConfigModel):
+    """franka_gripper actions (franka_ros2 and multipanda): binary open/close with hysteresis."""
+
+    enabled: bool = True
+    namespace: str = Field(default="/franka_gripper", description="actions <ns>/move, <ns>/grasp, <ns>/homing")
+    max_width: float = Field(default=0.08, gt=0, description="open width (m)")
+    close_threshold: float = Field(default=0.6, ge=0, le=1, description="command above this -> grasp")
+    open_threshold: float = Field(default=0.4, ge=0, le=1, description="command below this -> open")
+    speed: float = Field(default=0.1, gt=0, description="finger speed (m/s)")
+    force: float = Field(default=30.0, gt=0, description="grasp force (N)")
+    epsilon: float = Field(default=0.08, ge=0, description="grasp epsilon inner/outer (m): large = any width counts")
+
+
+class FrankaRos2BackendConfig(ConfigModel):
+    """Official franka_ros2 (FR3, libfranka >= 0.15). Runs with a Cartesian impedance controller that takes a
+    streamed target pose (see docs/robot.md)."""
+
+    target_topic: str = "/cartesian_impedance_controller/target_pose"
+    target_type: Literal["PoseStamped", "Float64MultiArray"] = "PoseStamped"
+    current_pose_topic: str = "/franka_robot_state_broadcaster/current_pose"
+    joint_states_topic: str = "/franka_robot_state_broadcaster/measured_joint_states"
+    gripper_joint_states_topic: str = "/franka_gripper/joint_states"
+    error_recovery_action: str = "/action_server/error_recovery"
+    gripper: GripperActionsConfig = GripperActionsConfig()
+
+
+class MultipandaBackendConfig(ConfigModel):
+    """multipanda_ros2 (Panda/FER on libfranka 0.9.2): FrankaState flat arrays, an ErrorRecovery service and a
+    Cartesian impedance controller target (PoseStamped or Float64MultiArray [x y z R00 R01 .. R22])."""
+
+    target_topic: str = "/cartesian_impedance/equilibrium_pose"
+    target_type: Literal["PoseStamped", "Float64MultiArray"] = "PoseStamped"
+    franka_state_topic: str = "/franka_robot_state_broadcaster/robot_state"
+    gripper_joint_states_topic: str = "/panda_gripper/joint_states"
+    error_recovery_service: str = "/error_recovery_service_server/error_recovery"
+    gripper: GripperActionsConfig = GripperActionsConfig(namespace="/panda_gripper")
+
+
+class SimBackendConfig(ConfigModel):
+    """The MuJoCo sim_robot node: franka_ros2-style pose topics plus a gripper topic and a reset service."""
+
+    target_topic: str = "/cartesian_impedance_controller/target_pose"
+    current_pose_topic: str = "/franka_robot_state_broadcaster/current_pose"
+    gripper_joint_states_topic: str = "/franka_gripper/joint_states"
+    gripper_command_topic: str = "/sim_robot/gripper_command"
+    reset_service: str = "/sim_robot/reset"
+
+
+class FrankaControlConfig(ConfigModel):
+    control: ControlLoopConfig = ControlLoopConfig()
+    safety: SafetyConfig = SafetyConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+    topics: TopicsConfig = TopicsConfig()
+    franka_ros2: FrankaRos2BackendConfig = FrankaRos2BackendConfig()
+    multipanda: MultipandaBackendConfig = MultipandaBackendConfig()
+    sim: SimBackendConfig = SimBackendConfig()
+
+
+# ----------------------------------------------------------------------------------------------------- sim_robot
+class SimRobotConfig(ConfigModel):
+    physics_timestep: float = Field(default=0.002, gt=0, le=0.01, description="MuJoCo timestep (s); the "
+                                                                              "impedance controller runs every step")
+    real_time_factor: float = Field(default=1.0, gt=0, description="sim seconds per wall second")
+    state_hz: float = Field(default=100.0, gt=0, description="state topics rate (Hz)")
+    camera_hz: float = Field(default=10.0, gt=0, description="rendered image rate (Hz)")
+    cameras: tuple[str, ...] = Field(default=("front", "wrist"), min_length=1, description="front, wrist, side")
+    image_topic_pattern: str = Field(default="/camera/{camera}/color/image_raw", description="{camera} = name")
+    camera_info_topic_pattern: str = "/camera/{camera}/color/camera_info"
+    image_size: tuple[int, int] = Field(default=(96, 96), description="height width (px)")
+    stiffness_translation: float = Field(default=800.0, gt=0, description="N/m")
+    stiffness_rotation: float = Field(default=40.0, gt=0, description="Nm/rad")
+    nullspace_stiffness: float = Field(default=5.0, ge=0, description="Nm/rad towards the home posture")
+    cube_size: float = Field(default=0.04, gt=0, description="edge (m)")
+    cube_x_range: tuple[float, float] = (0.40, 0.60)
+    cube_y_range: tuple[float, float] = (-0.15, 0.15)
+    lift_height: float = Field(default=0.06, gt=0, description="success: cube this far above its start (m)")
+    seed: int = 0
+    base_frame: str = "base"
+    target_topic: str = "/cartesian_impedance_controller/target_pose"
+    current_pose_topic: str = "/franka_robot_state_broadcaster/current_pose"
+    joint_states_topic: str = "/franka_robot_state_broadcaster/measured_joint_states"
+    gripper_joint_states_topic: str = "/franka_gripper/joint_states"
+    gripper_command_topic: str = "/sim_robot/gripper_command"
+    success_topic: str = "/sim_robot/success"
+    reset_service: str = "/sim_robot/reset"
+
+
+# -------------------------------------------------------------------------------------------------------- camera
+class RealSenseCameraConfig(ConfigModel):
+    """pyrealsense2 pipelines, one per camera, selected by serial number (empty serial: the only camera)."""
+
+    names: tuple[str, ...] = Field(default=("wrist",), min_length=1)
+    serials: tuple[str, ...] = Field(default=("",), min_length=1, description="same order as names")
+    width: int = Field(default=640, gt=0)
+    height: int = Field(default=480, gt=0)
+    fps: int = Field(default=30, gt=0)
+    align_depth: bool = False
+    image_topic_pattern: str = "/camera/{camera}/color/image_raw"
+    camera_info_topic_pattern: str = "/camera/{camera}/color/camera_info"
+    depth_topic_pattern: str = "/camera/{camera}/aligned_depth_to_color/image_raw"
+    frame_id_pattern: str = "{camera}_color_optical_frame"
+    frame_timeout: float = Field(default=1.0, gt=0, description="no frame for this long -> reconnect (s)")
+    reconnect_interval: float = Field(default=1.0, gt=0, description="wait between reconnect attempts (s)")
+    stamp_source: Literal["auto", "frame", "receive"] = Field(
+        default="auto", description="auto: the frame's system-clock timestamp when plausible, else arrival time")
+    playback_file: str = Field(default="", description="play a recorded .db3 instead of live cameras")
+    playback_real_time: bool = Field(default=True, description="false: as fast as frames are consumed")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> RealSenseCameraConfig:
+        if len(self.names) != len(self.serials):
+            raise ValueError(f"names ({len(self.names)}) and serials ({len(self.serials)}) must have the same "
+                             f"length: one serial per camera ('' = the only connected camera)")
+        return self
+
+
+# -------------------------------------------------------------------------------------------------------- policy
+class PolicySourceConfig(ConfigModel):
+    checkpoint: str = Field(default="", description="policy checkpoint directory (irevla.policy.checkpoint); "
+                                                    "empty: preset")
+    preset: Literal["none", "tiny"] = Field(default="tiny", description="tiny: a small random-weight VLA (tests, "
+                                                                        "dry runs) when no checkpoint is given")
+    device: str = "cpu"
+    threads: int = Field(default=1, ge=1, description="torch CPU threads")
+    seed: int = 0
+
+
+class VLAPolicyConfig(ConfigModel):
+    mode: Literal["deploy", "rl_actor"] = "deploy"
+    instruction: str = "pick up the cube"
+    control_hz: float = Field(default=10.0, gt=0)
+    max_observation_age: float = Field(default=0.5, gt=0, description="skip a step when an image or the state is "
+                                                                      "older than this (s)")
+    policy: PolicySourceConfig = PolicySourceConfig()
+    cameras: CamerasConfig = CamerasConfig()
+    topics: TopicsConfig = TopicsConfig()
+
+
+# -------------------------------------------------------------------------------------------------------- teleop
+class SpaceMouseConfig(ConfigModel):
+    vendor_id: int = Field(default=0x256F, description="3Dconnexion (0x046D for older Logitech-branded units)")
+    product_id: int = Field(default=0, ge=0, description="0: the first 3Dconnexion device found")
+    full_scale: float = Field(default=350.0, gt=0, description="raw axis value that counts as full deflection")
+    deadband: float = Field(default=0.1, ge=0, lt=1, description="normalised deflection below this is zero")
+    axis_signs: tuple[float, float, float, float, float, float] = Field(
+        default=(1.0, -1.0, -1.0, 1.0, -1.0, -1.0), description="sign per axis x y z rx ry rz (device -> base)")
+    axis_order: tuple[int, int, int, int, int, int] = Field(
+        default=(1, 0, 2, 4, 3, 5), description="which device axis drives robot x y z rx ry rz")
+
+
+class TeleopConfig(ConfigModel):
+    device: Literal["auto", "spacemouse", "keyboard"] = "auto"
+    rate_hz: float = Field(default=10.0, gt=0)
+    translation_scale: float = Field(default=0.02, gt=0, description="m per step at full deflection")
+    rotation_scale: float = Field(default=0.1, gt=0, description="rad per step at full deflection")
+    intervention_threshold: float = Field(default=1e-3, ge=0, description="action norm above this = takeover")
+    intervention_hold: float = Field(default=0.5, ge=0, description="takeover lasts this long after input (s)")
+    publish_when_idle: bool = Field(default=True, description="publish zero actions when nobody touches the device")
+    spacemouse: SpaceMouseConfig = SpaceMouseConfig()
+    topics: TopicsConfig = TopicsConfig()
+    output_topic: str = Field(default="", description="empty: topics.teleop_action; set to topics.action "
+                                                      "(/irevla/action) to drive the robot directly")
+
+
+# ------------------------------------------------------------------------------------------------------ recorder
+class RecorderConfig(ConfigModel):
+    out: str = Field(default="runs/robot/episodes", description="episode directory (EpisodeStore)")
+    task: str = "pick-cube"
+    family: str = "robot"
+    instruction: str = "pick up the cube"
+    source: Literal["script", "teleop", "rl", "intervention"] = "teleop"
+    round: int = Field(default=0, ge=0)
+    action_frame: Literal["base", "ee"] = Field(default="base", description="frame of the recorded delta actions "
+                                                                            "(the ActionSpec's frame)")
+    max_steps: int = Field(default=600, gt=0, description="stop and save after this many steps")
+    history_s: float = Field(default=2.0, gt=0, description="how far back observations are kept to match an "
+                                                            "action's stamp (s)")
+    keyboard: bool = Field(default=True, description="read keys from the terminal (s start, e end+save, y/n "
+                                                     "success, d discard)")
+    export_rosbag: bool = Field(default=False, description="also write each episode as rosbag2 (MCAP)")
+    rosbag_dir: str = Field(default="", description="default: <out>/rosbag")
+    cameras: CamerasConfig = CamerasConfig()
+    topics: TopicsConfig = TopicsConfig()
+
+
+# ----------------------------------------------------------------------------------------------- the gym env
+class RobotEnvConfig(ConfigModel):
+    """`irevla.robot.env.RobotEnv`: the robot (real or sim_robot) as a gymnasium env speaking the contract."""
+
+    task: str = "pick-cube"
+    instruction: str = "pick up the cube"
+    control_hz: float = Field(default=10.0, gt=0)
+    max_episode_steps: int = Field(default=100, gt=0)
+    image_size: tuple[int, int] = Field(default=(96, 96), description="height width every camera image is resized "
+                                                                      "to (nearest neighbour) for the contract")
+    success_topic: str = Field(default="/sim_robot/success", description="std_msgs/Bool: the task's success (the "
+                                                                         "sim publishes it; on the robot a human "
+                                                                         "labels, see docs/robot.md)")
+    observation_timeout: float = Field(default=2.0, gt=0, description="fail when no fresh observation after this")
+    reset_timeout: float = Field(default=30.0, gt=0)
+    cameras: CamerasConfig = CamerasConfig()
+    topics: TopicsConfig = TopicsConfig()

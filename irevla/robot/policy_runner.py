@@ -1,0 +1,158 @@
+"""The robot stack's one door to the VLA (irevla.policy): load it, run it on robot observations, swap its head.
+
+`PolicyRunner` adapts `irevla.policy.vla.VLAPolicy` (``act``, ``encode``, ``head_actions``, ``head_state`` /
+``load_head_state``) to what the vla_policy node and the RL actor need, so a change of the policy API touches only
+this file. No ROS here; torch is imported when a runner is built.
+
+Sources: a checkpoint directory (`irevla.policy.checkpoint.load_policy`), or the ``tiny`` preset -- a small BLIP-2
+with random weights for tests and dry runs of the whole stack (it moves the arm, meaninglessly). The policy's
+action space must be the robot's: the 7-D end-effector delta ``dx dy dz drx dry drz gripper``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from irevla.config import ConfigError
+from irevla.robot.config import PolicySourceConfig
+from irevla.robot.safety import DELTA_NAMES
+from irevla.spec import REAL_ROBOT_PROPRIO, ActionSpec, Observation, ObservationSpec
+
+TINY_IMAGE_SIZE = 32
+
+
+def robot_action_spec() -> ActionSpec:
+    """The robot's action space: SERL's scale (2 cm, 0.1 rad per step), deltas in the base frame."""
+    return replace(ActionSpec.ee_delta(0.02, 0.1), frame="base")
+
+
+def tiny_policy(cameras: Sequence[str], seed: int = 0):
+    """A random-weight VLA small enough for CPU tests (~1 M parameters, ~10 ms per step)."""
+    from irevla.data.stats import ArrayStats, DatasetStats
+    from irevla.policy.config import BackboneConfig, HeadConfig, PolicyConfig
+    from irevla.policy.vla import VLAPolicy
+
+    action_spec = robot_action_spec()
+    observation_spec = ObservationSpec({c: (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE) for c in cameras}, REAL_ROBOT_PROPRIO)
+    rng = np.random.default_rng(seed)
+    # Statistics of plausible robot data: actions across the spec, the EE in a table-top box pointing down.
+    actions = rng.uniform(action_spec.low_array, action_spec.high_array, size=(256, action_spec.dim))
+    proprio = np.column_stack([rng.uniform(0.3, 0.7, 256), rng.uniform(-0.3, 0.3, 256), rng.uniform(0.05, 0.5, 256),
+                               rng.normal(np.pi, 0.1, 256), rng.normal(0, 0.1, 256), rng.normal(0, 0.1, 256),
+                               rng.uniform(0.0, 0.08, 256)])
+    stats = DatasetStats(action=ArrayStats.from_samples(actions, action_spec.names),
+                         proprio=ArrayStats.from_samples(proprio, REAL_ROBOT_PROPRIO), n_episodes=1, n_steps=256)
+    backbone = BackboneConfig(kind="blip2", image_size=TINY_IMAGE_SIZE, patch_size=8, vision_hidden_size=32,
+                              hidden_size=64, heads=4, vision_layers=1, layers=2, num_query_tokens=4,
+                              max_text_tokens=32)
+    config = PolicyConfig(backbone=backbone, head=HeadConfig(token_dim=32, hidden=(64, 64), attention_heads=4),
+                          backbone_training="frozen")
+    return VLAPolicy.build(config, action_spec, observation_spec, stats, seed=seed)
+
+
+class PolicyRunner:
+    def __init__(self, policy: Any, source: str) -> None:
+        self.policy = policy
+        self.source = source
+        self.version = 0  # bumped by every head the RL learner sends
+        self._lock = threading.Lock()  # act vs. load_head_state from another thread
+
+    @classmethod
+    def load(cls, settings: PolicySourceConfig, cameras: Sequence[str]) -> PolicyRunner:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+        if settings.checkpoint:
+            from irevla.policy.checkpoint import load_policy
+
+            policy = load_policy(settings.checkpoint, device=settings.device)
+            source = f"checkpoint {settings.checkpoint}"
+        elif settings.preset == "tiny":
+            policy = tiny_policy(cameras, settings.seed).to(settings.device)
+            source = "tiny random-weight preset"
+        else:
+            raise ConfigError("vla_policy: policy.checkpoint is empty and policy.preset is 'none': give a checkpoint "
+                              "directory (irevla sft writes one) or preset: tiny for a dry run")
+        names = tuple(policy.action_spec.names)
+        if names != DELTA_NAMES:
+            raise ConfigError(f"vla_policy: {source} outputs actions {list(names)}; the robot takes {list(DELTA_NAMES)} "
+                              f"(a policy trained on Meta-World's 4-D space cannot drive the arm)")
+        missing = [camera for camera in policy.cameras if camera not in cameras]
+        if missing:
+            raise ConfigError(f"vla_policy: {source} needs cameras {list(policy.cameras)}, but cameras.names has "
+                              f"{list(cameras)} (missing {missing}); map them in cameras.names / image_topics")
+        policy.eval()
+        return cls(policy, source)
+
+    # ------------------------------------------------------------------------------------------------ queries
+    @property
+    def action_spec(self) -> ActionSpec:
+        return self.policy.action_spec
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return tuple(self.policy.cameras)
+
+    @property
+    def checkpoint_id(self) -> str:
+        return self.policy.checkpoint_id or ""
+
+    def info(self) -> dict:
+        return {"source": self.source, "checkpoint_id": self.checkpoint_id, "version": self.version,
+                "cameras": list(self.cameras), "action_spec": self.action_spec.to_dict()}
+
+    # -------------------------------------------------------------------------------------------------- acting
+    def observation(self, images: Mapping[str, np.ndarray], proprio: np.ndarray, instruction: str,
+                    timestamp: float) -> Observation:
+        return Observation(images={c: images[c] for c in self.cameras}, proprio=proprio, instruction=instruction,
+                           timestamp=timestamp)
+
+    def act(self, observation: Observation) -> np.ndarray:
+        """float32[7] within the ActionSpec (the VLA clips and refuses NaN itself)."""
+        with self._lock:
+            return self.policy.act(observation).values
+
+    def encode(self, observation: Observation) -> tuple[np.ndarray, np.ndarray]:
+        """The frozen VLM's latent for one observation -- (tokens float32 (m, d), mask bool (m,)) -- what stage-1
+        RL stores in its replay buffer."""
+        import torch
+
+        images, instructions, _ = self.policy.observations_to_batch([observation])
+        with self._lock, torch.no_grad(), self.policy.evaluating():
+            latent = self.policy.encode({c: t.to(self.policy.device) for c, t in images.items()}, instructions)
+        return latent.tokens[0].float().cpu().numpy(), latent.mask[0].cpu().numpy()
+
+    def act_from_latent(self, tokens: np.ndarray, mask: np.ndarray, proprio: np.ndarray) -> np.ndarray:
+        """The head's action (float32[7], clipped to the ActionSpec) for a stored latent: the RL actor's step."""
+        import torch
+
+        from irevla.policy.backbones import TokenSequence
+
+        latent = TokenSequence(torch.as_tensor(tokens)[None], torch.as_tensor(mask, dtype=torch.bool)[None])
+        with self._lock, torch.no_grad(), self.policy.evaluating():
+            actions = self.policy.head_actions(latent, torch.as_tensor(proprio, dtype=torch.float32)[None])
+        values = actions[0, 0].float().cpu().numpy()
+        if not np.all(np.isfinite(values)):
+            raise ValueError("the head produced non-finite actions; refusing to return them")
+        return self.action_spec.clip(values)
+
+    def load_head_state(self, state: Mapping[str, Any], version: int) -> None:
+        """Swap in head parameters from the RL learner (numpy or torch arrays with the head's names)."""
+        import torch
+
+        tensors = {name: torch.as_tensor(np.asarray(value)) for name, value in state.items()}
+        with self._lock:
+            self.policy.load_head_state(tensors, where=f"head version {version}")
+            self.version = int(version)
+
+
+def timed_act(runner: PolicyRunner, observation: Observation) -> tuple[np.ndarray, float]:
+    begin = time.perf_counter()
+    action = runner.act(observation)
+    return action, time.perf_counter() - begin

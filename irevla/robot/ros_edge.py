@@ -1,0 +1,91 @@
+"""What every irevla node shares at the rclpy edge: parameters from a config model, QoS profiles, clocks, main().
+
+Only modules under ``irevla/robot/nodes`` and ``irevla/robot/backends`` import this (and rclpy); the cores they wrap
+never do.
+
+* `declare_config(node, Model, initial)` declares one parameter per leaf of the model (dotted names, dynamic typing
+  so ``[0, 0, 1]`` in a YAML file is as good as ``[0.0, 0.0, 1.0]``), with `initial`'s values as defaults, reads
+  them back (overrides from ``--params-file`` / launch files win) and validates them into the model; a bad value
+  raises `irevla.config.ConfigError` naming the node and the parameter.
+* QoS: `SENSOR_QOS` (best effort, keep last 5: images, franka_ros2 state), `COMMAND_QOS` (reliable, keep last 1:
+  commands), `LATCHED_QOS` (reliable, transient local: info published once).
+* `run_nodes(make_nodes)` is the body of every console script: init, build, spin a MultiThreadedExecutor,
+  shut down cleanly on Ctrl-C or SIGTERM, print configuration errors as one line.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import rclpy
+from pydantic import BaseModel
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from irevla.config import ConfigError
+from irevla.robot.params import config_from_parameters, flatten
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+SENSOR_QOS = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=5,
+                        durability=DurabilityPolicy.VOLATILE)
+COMMAND_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=1,
+                         durability=DurabilityPolicy.VOLATILE)
+STATE_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=5,
+                       durability=DurabilityPolicy.VOLATILE)
+LATCHED_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=1,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def declare_config(node: Node, model: type[ModelT], initial: ModelT | None = None) -> ModelT:
+    defaults = flatten(initial if initial is not None else model())
+    descriptor = ParameterDescriptor(dynamic_typing=True)
+    values: dict[str, Any] = {}
+    for name, default in defaults.items():
+        if not node.has_parameter(name):
+            node.declare_parameter(name, default, descriptor)
+        values[name] = node.get_parameter(name).value
+    return config_from_parameters(values, model, f"ROS parameters of node {node.get_fully_qualified_name()}")
+
+
+def wall_time() -> float:
+    """Seconds since the epoch: what header stamps carry (nodes use the system clock, no /clock)."""
+    return time.time()
+
+
+def run_nodes(make_nodes: Callable[[], Sequence[Node]], args: Sequence[str] | None = None, threads: int = 4) -> int:
+    """Console-script body: returns the process exit status."""
+    rclpy.init(args=list(args) if args is not None else sys.argv)
+    nodes: Sequence[Node] = ()
+    executor = MultiThreadedExecutor(num_threads=threads)
+
+    def on_term(signum, frame):  # ros2 launch stops nodes with SIGINT, systemd / kill with SIGTERM
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        nodes = make_nodes()
+        for node in nodes:
+            executor.add_node(node)
+        executor.spin()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for node in nodes:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        executor.shutdown(timeout_sec=1.0)
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

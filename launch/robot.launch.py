@@ -1,0 +1,66 @@
+"""The real robot's side of irevla: franka_control (franka_ros2 or multipanda backend) + realsense_camera.
+
+    ros2 launch irevla robot.launch.py backend:=franka_ros2 camera_names:=wrist,front \
+        camera_serials:=123456789012,234567890123 workspace_file:=$HOME/irevla/workspace.yaml
+    ros2 launch irevla robot.launch.py backend:=multipanda robot_ip:=172.16.0.2 start_driver:=true
+
+The Franka driver and its Cartesian impedance controller are started separately (docs/robot.md), or here with
+start_driver:=true, which includes franka_bringup's franka.launch.py with robot_ip (needs franka_bringup installed).
+Cameras: realsense_camera by default; use_realsense_ros:=true leaves the cameras to a realsense-ros node you start
+yourself (point vla_policy's cameras.image_topics at its topics).
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
+from launch.conditions import IfCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+
+def _split(text):
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _nodes(context):
+    value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    config_dir = value("config_dir")
+    control_overrides = {"control.backend": value("backend")}
+    if value("workspace_file"):
+        control_overrides["safety.workspace_file"] = value("workspace_file")
+    nodes = [Node(package="irevla", executable="franka_control", name="franka_control", output="screen",
+                  parameters=[os.path.join(config_dir, "franka_control.yaml"), control_overrides])]
+    if value("use_realsense_ros").lower() != "true":
+        names, serials = _split(value("camera_names")), _split(value("camera_serials"))
+        if serials and len(serials) != len(names):
+            raise RuntimeError(f"camera_serials has {len(serials)} entries for {len(names)} camera_names")
+        nodes.append(Node(package="irevla", executable="realsense_camera", name="realsense_camera", output="screen",
+                          parameters=[os.path.join(config_dir, "realsense_camera.yaml"),
+                                      {"names": names, "serials": serials or [""] * len(names)}]))
+    return nodes
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument("backend", default_value="franka_ros2", description="franka_ros2 | multipanda | sim"),
+        DeclareLaunchArgument("robot_ip", default_value="172.16.0.2", description="for start_driver:=true"),
+        DeclareLaunchArgument("start_driver", default_value="false",
+                              description="also include franka_bringup/launch/franka.launch.py"),
+        DeclareLaunchArgument("camera_names", default_value="wrist", description="comma-separated camera names"),
+        DeclareLaunchArgument("camera_serials", default_value="", description="comma-separated serials, same order"),
+        DeclareLaunchArgument("use_realsense_ros", default_value="false"),
+        DeclareLaunchArgument("workspace_file", default_value="", description="workspace box from calibration"),
+        DeclareLaunchArgument("config_dir", default_value=os.path.join(get_package_share_directory("irevla"),
+                                                                        "config")),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(PathJoinSubstitution([FindPackageShare("franka_bringup"), "launch",
+                                                                "franka.launch.py"])),
+            launch_arguments={"robot_ip": LaunchConfiguration("robot_ip"), "load_gripper": "true"}.items(),
+            condition=IfCondition(LaunchConfiguration("start_driver"))),
+        OpaqueFunction(function=_nodes),
+    ])
