@@ -2,7 +2,7 @@
 
     ros2 launch irevla robot.launch.py backend:=franka_ros2 camera_names:=wrist,front \
         camera_serials:=123456789012,234567890123 workspace_file:=$HOME/irevla/workspace.yaml
-    ros2 launch irevla robot.launch.py backend:=multipanda robot_ip:=172.16.0.2 start_driver:=true
+    ros2 launch irevla robot.launch.py backend:=multipanda robot_ip:=<your robot IP> start_driver:=true
 
 The Franka driver and its Cartesian impedance controller are started separately (docs/robot.md), or here with
 start_driver:=true, which includes franka_bringup's franka.launch.py with robot_ip (needs franka_bringup installed).
@@ -48,7 +48,8 @@ def _nodes(context):
 def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("backend", default_value="franka_ros2", description="franka_ros2 | multipanda | sim"),
-        DeclareLaunchArgument("robot_ip", default_value="172.16.0.2", description="for start_driver:=true"),
+        DeclareLaunchArgument("robot_ip", default_value="",
+                              description="the arm's IP (see docs/robot.md); required with start_driver:=true"),
         DeclareLaunchArgument("start_driver", default_value="false",
                               description="also include franka_bringup/launch/franka.launch.py"),
         DeclareLaunchArgument("camera_names", default_value="wrist", description="comma-separated camera names"),
