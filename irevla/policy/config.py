@@ -48,6 +48,9 @@ class BackboneConfig(ConfigModel):
     prompt: str = Field(default="{instruction}", description="text given to the language model; {instruction} is "
                                                             "replaced by the task's instruction")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="backbone weight dtype")
+    preset: str | None = Field(default=None, description="a named real-size architecture with random weights "
+                                                         "(irevla.policy.presets, e.g. blip2-opt-2.7b) instead of "
+                                                         "the size fields; for benchmarks")
 
     @field_validator("prompt")
     @classmethod
@@ -122,6 +125,15 @@ class SFTDataConfig(ConfigModel):
     split_seed: int = 0
     cache: bool = Field(default=True, description="read every frame into memory up front (small datasets)")
     num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes")
+    expert_fraction: float | None = Field(default=None, gt=0.0, lt=1.0, description=(
+        "stage 2: the share of every batch drawn from the first directory (D_e), the rest from the others (D_RL), "
+        "by weighted sampling; unset: uniform over the union of all samples, as the paper"))
+
+    @model_validator(mode="after")
+    def _mixing_needs_groups(self) -> SFTDataConfig:
+        if self.expert_fraction is not None and len(self.dirs) < 2:
+            raise ValueError("expert_fraction needs at least two dirs (the first is D_e, the rest D_RL)")
+        return self
 
 
 class SFTTrainConfig(ConfigModel):
@@ -139,6 +151,17 @@ class SFTTrainConfig(ConfigModel):
     grad_clip: float = Field(default=1.0, gt=0, description="clip the global gradient norm to this")
     shift_pixels: int = Field(default=0, ge=0, description="random image shift augmentation (+-pixels); 4 stopped a "
                                                           "random-weight backbone from learning to see in 500 steps")
+    jitter_brightness: float = Field(default=0.0, ge=0.0, lt=1.0, description="colour jitter: brightness factor "
+                                                                               "drawn from [1-x, 1+x] (0: off)")
+    jitter_contrast: float = Field(default=0.0, ge=0.0, lt=1.0, description="colour jitter: contrast factor "
+                                                                             "drawn from [1-x, 1+x] (0: off)")
+    jitter_saturation: float = Field(default=0.0, ge=0.0, lt=1.0, description="colour jitter: saturation factor "
+                                                                               "drawn from [1-x, 1+x] (0: off)")
+    loss: Literal["mse", "l1", "huber"] = Field(default="mse", description="regression loss on unit-space actions "
+                                                                          "(training and validation)")
+    huber_delta: float = Field(default=1.0, gt=0, description="where the huber loss turns from quadratic to linear")
+    grad_accumulation: int = Field(default=1, ge=1, description="split each batch of batch_size into this many "
+                                                                "micro-batches (same update, less memory)")
     eval_every: int = Field(default=500, ge=1, description="validation loss every this many steps")
     val_batches: int = Field(default=20, ge=1, description="batches per validation")
     checkpoint_every: int = Field(default=500, ge=1, description="write <out>/last every this many steps")
@@ -147,6 +170,13 @@ class SFTTrainConfig(ConfigModel):
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's choice)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(default="no", description="autocast on a GPU")
     tensorboard: bool = Field(default=True, description="also write TensorBoard events to <out>/tensorboard")
+
+    @model_validator(mode="after")
+    def _micro_batches_divide(self) -> SFTTrainConfig:
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accumulation "
+                             f"{self.grad_accumulation}")
+        return self
 
 
 class SFTConfig(ConfigModel):
@@ -163,4 +193,5 @@ class SFTConfig(ConfigModel):
 
 # Keys that may change between a run and its resumption: they do not change what is computed.
 RESUMABLE_KEYS = frozenset({"train.steps", "train.eval_every", "train.val_batches", "train.checkpoint_every",
-                            "train.log_every", "train.threads", "train.tensorboard", "data.num_workers", "out"})
+                            "train.log_every", "train.threads", "train.tensorboard", "data.num_workers", "out",
+                            "train.grad_accumulation"})

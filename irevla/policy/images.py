@@ -1,4 +1,4 @@
-"""Camera images -> backbone pixel tensors, and the training-time shift augmentation.
+"""Camera images -> backbone pixel tensors, and the training-time augmentations (random shift, colour jitter).
 
 Preprocessing is done in torch (no transformers image processor: BLIP-2's needs torchvision, which this project does
 not install, and a torch version batches and runs on the GPU): uint8 (B, H, W, 3) -> float (B, 3, S, S), resized
@@ -44,3 +44,33 @@ def random_shift(images: torch.Tensor, pixels: int, generator: torch.Generator) 
     shifted = torch.stack([padded[i, :, dy:dy + height, dx:dx + width]
                            for i, (dy, dx) in enumerate(offsets.tolist())])
     return shifted.permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def color_jitter(images: torch.Tensor, brightness: float, contrast: float, saturation: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Random brightness / contrast / saturation of each uint8 (B, H, W, 3) image (torchvision's ColorJitter
+    formulas, fixed order): each factor is drawn per image from [1 - x, 1 + x]; x = 0 leaves that property alone.
+
+    brightness scales the pixels; contrast blends with the image's mean grey; saturation blends with the
+    per-pixel grey. The result is clipped to [0, 255]; with all three 0 the input is returned unchanged.
+    """
+    if not (brightness or contrast or saturation):
+        return images
+    batch = images.shape[0]
+
+    def factors(x: float) -> torch.Tensor:
+        return (1.0 + x * (2.0 * torch.rand(batch, generator=generator) - 1.0)).view(batch, 1, 1, 1)
+
+    pixels = images.float()
+    gray_weights = torch.tensor([0.299, 0.587, 0.114])
+    if brightness:
+        pixels = (pixels * factors(brightness)).clamp(0, 255)
+    if contrast:
+        mean = (pixels @ gray_weights).mean(dim=(1, 2)).view(batch, 1, 1, 1)
+        f = factors(contrast)
+        pixels = (f * pixels + (1 - f) * mean).clamp(0, 255)
+    if saturation:
+        gray = (pixels @ gray_weights).unsqueeze(-1)
+        f = factors(saturation)
+        pixels = (f * pixels + (1 - f) * gray).clamp(0, 255)
+    return pixels.round().to(torch.uint8)

@@ -1,8 +1,9 @@
 """Supervised fine-tuning (SFT) of the VLA on episode directories: stage 0 on D_e, stage 2 on D_e + D_RL.
 
 Read top to bottom: `run_sft` loads the episodes, splits them by episode, builds (or loads, with ``init``) the
-policy, then loops: sample a batch, shift-augment its images, predict actions in unit space, masked MSE against the
-normalised demo actions, AdamW step (backbone and head at their own learning rates, warmup + cosine). Every
+policy, then loops: sample a batch (uniform over all episodes, or with ``data.expert_fraction`` a weighted draw
+mixing D_e and D_RL), augment its images (shift, colour jitter), predict actions in unit space (in
+``grad_accumulation`` micro-batches), masked MSE / L1 / Huber against the normalised demo actions, AdamW step (backbone and head at their own learning rates, warmup + cosine). Every
 ``eval_every`` steps it measures the validation loss; every ``checkpoint_every`` steps it writes ``<out>/last``
 (policy + optimizer state); at the end it writes the policy to ``<out>/policy``.
 
@@ -44,7 +45,7 @@ from irevla.data.torch_dataset import EpisodeStepDataset
 from irevla.policy.checkpoint import load_policy, new_temp_directory, replace_directory, save_policy
 from irevla.policy.config import RESUMABLE_KEYS, SFTConfig
 from irevla.policy.errors import CheckpointError
-from irevla.policy.images import random_shift
+from irevla.policy.images import color_jitter, random_shift
 from irevla.policy.trainer_state import load_optimizer_state, optimizer_state_to_files
 from irevla.policy.vla import VLAPolicy
 from irevla.spec import ContractError
@@ -102,20 +103,43 @@ def _epoch_permutation(seed: int, epoch: int, n_samples: int) -> list[int]:
     return _permutations[key]
 
 
+def sample_weights(is_expert: np.ndarray, expert_fraction: float) -> torch.Tensor:
+    """Per-sample probabilities giving D_e (``is_expert``) `expert_fraction` of the mass, D_RL the rest, each
+    uniform within itself."""
+    is_expert = np.asarray(is_expert, dtype=bool)
+    n_expert, n_rl = int(is_expert.sum()), int((~is_expert).sum())
+    if not n_expert or not n_rl:
+        raise ConfigError(f"data.expert_fraction: needs training samples from both D_e (the first dir) and D_RL "
+                          f"(the others); found {n_expert} and {n_rl}")
+    weights = np.where(is_expert, expert_fraction / n_expert, (1.0 - expert_fraction) / n_rl)
+    return torch.from_numpy(weights.astype(np.float64))
+
+
+def weighted_batch_indices(step: int, batch_size: int, weights: torch.Tensor, seed: int) -> list[int]:
+    """The sample indices of `step` drawn with replacement by `weights` (a pure function of seed and step)."""
+    generator = torch.Generator().manual_seed(_mix(seed, step, 4))
+    return torch.multinomial(weights, batch_size, replacement=True, generator=generator).tolist()
+
+
 class StepBatches:
-    """Batch sampler for a DataLoader: the index lists of steps ``start .. stop - 1`` (this process's shard)."""
+    """Batch sampler for a DataLoader: the index lists of steps ``start .. stop - 1`` (this process's shard).
+
+    With `weights` (stage-2 mixing) every batch is a weighted draw with replacement; without, the batches walk
+    through per-epoch permutations (every sample once per epoch, uniform over the union)."""
 
     def __init__(self, start: int, stop: int, batch_size: int, n_samples: int, seed: int, rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, weights: torch.Tensor | None = None) -> None:
         self.start, self.stop, self.batch_size, self.n_samples = start, stop, batch_size, n_samples
-        self.seed, self.rank, self.world = seed, rank, world
+        self.seed, self.rank, self.world, self.weights = seed, rank, world, weights
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.stop):
-            yield batch_indices(step, self.batch_size, self.n_samples, self.seed)[self.rank::self.world]
+            indices = (batch_indices(step, self.batch_size, self.n_samples, self.seed) if self.weights is None
+                       else weighted_batch_indices(step, self.batch_size, self.weights, self.seed))
+            yield indices[self.rank::self.world]
 
 
 def learning_rate_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
@@ -130,8 +154,30 @@ def learning_rate_factor(step: int, steps: int, warmup: int, schedule: str) -> f
 
 def masked_mse(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the real (unpadded) steps of action chunks: (B, k, A), (B, k, A), (B, k)."""
+    return masked_loss(predicted, target, mask, "mse")
+
+
+def elementwise_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str, huber_delta: float = 1.0
+                     ) -> torch.Tensor:
+    if kind == "mse":
+        return (predicted - target) ** 2
+    if kind == "l1":
+        return (predicted - target).abs()
+    if kind == "huber":
+        return torch.nn.functional.huber_loss(predicted, target, reduction="none", delta=huber_delta)
+    raise ValueError(f"train.loss: expected 'mse', 'l1' or 'huber', got {kind!r}")
+
+
+def masked_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, kind: str = "mse",
+                huber_delta: float = 1.0, denominator: torch.Tensor | float | None = None) -> torch.Tensor:
+    """`kind` loss (mse / l1 / huber) averaged over the real (unpadded) steps of action chunks (B, k, A).
+
+    `denominator`: the number of real steps to divide by (default: this batch's); micro-batches of one batch pass
+    the whole batch's count so that their gradients add up to the batch's."""
     weights = mask.to(predicted.dtype).unsqueeze(-1)
-    return ((predicted - target) ** 2 * weights).sum() / (weights.sum() * predicted.shape[-1]).clamp_min(1.0)
+    count = weights.sum() if denominator is None else torch.as_tensor(denominator, dtype=predicted.dtype)
+    return (elementwise_loss(predicted, target, kind, huber_delta) * weights).sum() / \
+        (count * predicted.shape[-1]).clamp_min(1.0)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -284,15 +330,29 @@ class MetricsLog:
 
 
 # ------------------------------------------------------------------------------------------------------- train
-def _augment(images: dict[str, torch.Tensor], pixels: int, seed: int, step: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(_mix(seed, step, 2))
-    return {camera: random_shift(frames, pixels, generator) for camera, frames in images.items()}
+def _augment(images: dict[str, torch.Tensor], train_config, step: int) -> dict[str, torch.Tensor]:
+    """Random shift, then colour jitter (each off at 0); a pure function of (seed, step)."""
+    generator = torch.Generator().manual_seed(_mix(train_config.seed, step, 2))
+    out = {}
+    for camera, frames in images.items():
+        frames = random_shift(frames, train_config.shift_pixels, generator)
+        out[camera] = color_jitter(frames, train_config.jitter_brightness, train_config.jitter_contrast,
+                                   train_config.jitter_saturation, generator)
+    return out
+
+
+def expert_flags(dataset: EpisodeStepDataset, expert_dir: str) -> np.ndarray:
+    """Per training sample: does it come from an episode under `expert_dir` (D_e)?"""
+    root = Path(expert_dir).resolve()
+    flags = [Path(info.path).resolve().is_relative_to(root) for info in dataset.infos]
+    return np.repeat(np.asarray(flags, dtype=bool), [info.n_steps for info in dataset.infos])
 
 
 @torch.no_grad()
 def validation_loss(model, policy: VLAPolicy, dataset: EpisodeStepDataset, batch_size: int, batches: int,
-                    device: torch.device) -> float:
-    """Mean unit-space MSE over up to `batches` fixed batches spread evenly over the validation set."""
+                    device: torch.device, loss: str = "mse", huber_delta: float = 1.0) -> float:
+    """Mean unit-space `loss` (mse / l1 / huber) over up to `batches` fixed batches spread evenly over the
+    validation set."""
     count = min(len(dataset), batch_size * batches)
     indices = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
     total, weight = 0.0, 0.0
@@ -303,9 +363,42 @@ def validation_loss(model, policy: VLAPolicy, dataset: EpisodeStepDataset, batch
             predicted = model(images, batch["instruction"], batch["proprio"].to(device))
             target = policy.normalizer.action_to_unit(batch["action"].to(device))
             mask = batch["action_mask"].to(device)
-            total += float(masked_mse(predicted.float(), target, mask)) * float(mask.sum())
+            total += float(masked_loss(predicted.float(), target, mask, loss, huber_delta)) * float(mask.sum())
             weight += float(mask.sum())
     return total / max(weight, 1.0)
+
+
+def sft_step_backward(model, policy: VLAPolicy, accelerator, images: dict[str, torch.Tensor], batch: dict,
+                      train_config, device: torch.device) -> torch.Tensor:
+    """Forward + backward of one batch in ``grad_accumulation`` micro-batches; returns the batch's loss.
+
+    Each micro-batch's loss is divided by the whole batch's number of real action steps, so the accumulated
+    gradient equals the one-batch gradient (up to float rounding). Across processes, gradients are synchronised
+    on the last micro-batch only."""
+    import contextlib
+
+    mask = batch["action_mask"].to(device)
+    total_steps = mask.float().sum()
+    n = len(batch["instruction"])
+    parts = min(train_config.grad_accumulation, n)
+    bounds = np.linspace(0, n, parts + 1).round().astype(int)
+    loss_sum = torch.zeros((), device=device)
+    for part, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        if hi <= lo:
+            continue
+        sync = contextlib.nullcontext() if part == parts - 1 else accelerator.no_sync(model)
+        with sync:
+            with accelerator.autocast():
+                predicted = model({c: f[lo:hi].to(device) for c, f in images.items()}, batch["instruction"][lo:hi],
+                                  batch["proprio"][lo:hi].to(device))
+            target = policy.normalizer.action_to_unit(batch["action"][lo:hi].to(device))
+            loss = masked_loss(predicted.float(), target, mask[lo:hi], train_config.loss, train_config.huber_delta,
+                               denominator=total_steps)
+            if not torch.isfinite(loss):
+                return loss
+            accelerator.backward(loss)
+        loss_sum = loss_sum + loss.detach()
+    return loss_sum
 
 
 def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = None, log: Log | None = print
@@ -349,9 +442,13 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
     device = accelerator.device
 
     stop = min(train_config.steps, stop_after) if stop_after is not None else train_config.steps
+    weights = None
+    if config.data.expert_fraction is not None:
+        weights = sample_weights(expert_flags(data.train, config.data.dirs[0]), config.data.expert_fraction)
     batches = DataLoader(data.train, batch_sampler=StepBatches(start_step, stop, train_config.batch_size,
                                                                len(data.train), train_config.seed,
-                                                               accelerator.process_index, accelerator.num_processes),
+                                                               accelerator.process_index, accelerator.num_processes,
+                                                               weights),
                          num_workers=config.data.num_workers, collate_fn=default_collate)
     metrics = MetricsLog(out, start_step, train_config.tensorboard) if main else None
     info_base = {"stage": "sft", "data_dirs": list(config.data.dirs), "train_episodes": len(data.train_episodes),
@@ -368,17 +465,12 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         torch.manual_seed(_mix(train_config.seed, step, 3))  # dropout, if the backbone has any
-        images = _augment(batch["images"], train_config.shift_pixels, train_config.seed, step)
-        images = {camera: frames.to(device) for camera, frames in images.items()}
-        with accelerator.autocast():
-            predicted = model(images, batch["instruction"], batch["proprio"].to(device))
-        target = policy.normalizer.action_to_unit(batch["action"].to(device))
-        loss = masked_mse(predicted.float(), target, batch["action_mask"].to(device))
+        images = _augment(batch["images"], train_config, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss = sft_step_backward(model, policy, accelerator, images, batch, train_config, device)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SFT step {step}: the loss is {float(loss)} (lower train.lr / head_lr, or "
                                      f"try mixed_precision: 'no')")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
         grad_norm = float(accelerator.clip_grad_norm_(list(policy.parameters()), train_config.grad_clip))
         optimizer.step()
         running_loss.append(float(loss.detach()))
@@ -397,7 +489,7 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
             running_loss, samples_since_log, last_log_time = [], 0, now
         if data.val is not None and (done % train_config.eval_every == 0 or done == train_config.steps):
             val_loss = validation_loss(model, policy, data.val, train_config.batch_size, train_config.val_batches,
-                                       device)
+                                       device, train_config.loss, train_config.huber_delta)
             model.train()
             if main:
                 metrics.write({"step": done, "val_loss": val_loss})

@@ -100,6 +100,86 @@ class VLAPolicy(nn.Module):
         self.backbone.model.to(self.device)  # new adapter weights join the backbone's device
         return self.lora_layers
 
+    def apply_lora(self, rank: int = 8, alpha: float = 16.0, targets: str | Sequence[str] = "language",
+                   dropout: float = 0.0) -> list[str]:
+        """LoRA of `rank` / `alpha` on `targets` (``language``, ``all`` or module-name patterns), then only the
+        adapters train in the backbone. The RL learner's name for `add_lora`; returns the adapted layer names."""
+        targets = targets if isinstance(targets, str) else tuple(targets)
+        layers = self.add_lora(LoraSettings(r=rank, alpha=alpha, dropout=dropout, targets=targets))
+        self.set_backbone_training("lora")
+        return layers
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The LoRA adapter tensors of the backbone (names inside ``backbone.model``), CPU copies."""
+        return {name: tensor.detach().cpu().contiguous().clone()
+                for name, tensor in self.backbone.model.state_dict().items() if ".lora_" in name}
+
+    def save_lora(self, directory) -> None:
+        """Write the adapters alone: ``adapter.safetensors`` + ``adapter.json`` (settings, layers, sha256)."""
+        import hashlib
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import save as save_tensors_to_bytes
+
+        from irevla.atomic_io import atomic_write_bytes
+
+        if not self.lora_layers:
+            raise ValueError("save_lora: the backbone has no LoRA adapters")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = save_tensors_to_bytes(self.lora_state(), metadata={"format": "irevla-lora"})
+        atomic_write_bytes(directory / "adapter.safetensors", payload)
+        manifest = {"format": "irevla-lora", "version": 1, "settings": self.lora_settings.model_dump(mode="json"),
+                    "layers": list(self.lora_layers), "backbone_kind": self.config.backbone.kind,
+                    "sha256": "sha256:" + hashlib.sha256(payload).hexdigest()}
+        atomic_write_bytes(directory / "adapter.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+    def load_lora(self, directory) -> list[str]:
+        """Load adapters written by `save_lora` into this policy's backbone (adding the layers if it has none);
+        errors (`CheckpointError`) name the file and the mismatch. Returns the adapted layer names."""
+        import hashlib
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import load as load_tensors_from_bytes
+
+        from irevla.policy.errors import CheckpointError
+
+        directory = Path(directory)
+        manifest_path, weights_path = directory / "adapter.json", directory / "adapter.safetensors"
+        for path in (manifest_path, weights_path):
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing (a LoRA adapter directory needs adapter.json and "
+                                      f"adapter.safetensors)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{manifest_path}: not valid JSON: {exc}") from None
+        if manifest.get("format") != "irevla-lora" or manifest.get("version") != 1:
+            raise CheckpointError(f"{manifest_path}: field 'format'/'version': expected 'irevla-lora' version 1")
+        payload = weights_path.read_bytes()
+        if "sha256:" + hashlib.sha256(payload).hexdigest() != manifest.get("sha256"):
+            raise CheckpointError(f"{weights_path}: content hash differs from adapter.json (corrupt or modified)")
+        tensors = load_tensors_from_bytes(payload)
+        layers = list(manifest["layers"])
+        if not self.lora_layers:
+            self.add_lora(LoraSettings.model_validate(manifest["settings"]), layers=layers)
+        elif sorted(self.lora_layers) != sorted(layers):
+            raise CheckpointError(f"{manifest_path}: field 'layers': the adapters are for {layers[:3]}..., this "
+                                  f"policy's LoRA layers are {self.lora_layers[:3]}...")
+        expected = {n: t for n, t in self.backbone.model.state_dict().items() if ".lora_" in n}
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(f"{weights_path}: tensors do not match the model: missing {missing[:3]}, "
+                                  f"unexpected {unexpected[:3]}")
+        for name, tensor in tensors.items():
+            if tuple(tensor.shape) != tuple(expected[name].shape):
+                raise CheckpointError(f"{weights_path}: tensor {name!r}: expected shape "
+                                      f"{tuple(expected[name].shape)}, got {tuple(tensor.shape)}")
+        self.backbone.model.load_state_dict(tensors, strict=False)
+        return self.lora_layers
+
     def merge_lora(self) -> int:
         """Fold LoRA into the backbone weights (same outputs, plain weights); returns the number of merged layers."""
         merged = merge_lora(self.backbone.model)

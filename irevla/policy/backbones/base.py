@@ -80,7 +80,14 @@ class BackboneAdapter(nn.Module, ABC):
         """Random weights from `hf_config` (a saved model config) or from the size fields; or load `pretrained`."""
         if config.pretrained is not None:
             return cls.from_pretrained(config)
-        hf = cls.config_class.from_dict(dict(hf_config)) if hf_config is not None else cls.tiny_hf_config(config)
+        if hf_config is not None:
+            hf = cls.config_class.from_dict(dict(hf_config))
+        elif config.preset is not None:
+            from irevla.policy.presets import preset_hf_config
+
+            hf = preset_hf_config(config.preset, cls.kind)
+        else:
+            hf = cls.tiny_hf_config(config)
         model = cls.model_class(hf)
         cls.initialize_random_weights(model)
         return cls(config, model.to(DTYPES[config.dtype]), ByteTokenizer(config.max_text_tokens))
