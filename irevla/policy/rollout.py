@@ -17,6 +17,7 @@ from pathlib import Path
 from irevla.data.episode import Episode, EpisodeBuilder
 from irevla.data.store import EpisodeStore
 from irevla.policy.vla import VLAPolicy
+from irevla.sim.episode_loop import run_episode as run_episode_with
 from irevla.spec import Observation
 
 EVAL_SEED_START = 100_000
@@ -62,19 +63,7 @@ class EvaluationReport:
 def run_episode(env, policy: VLAPolicy, seed: int, builder: EpisodeBuilder | None = None
                 ) -> tuple[bool, int, Episode | None]:
     """One closed-loop episode; returns (success, steps, the recorded episode if a `builder` was given)."""
-    obs, info = env.reset(seed=seed)
-    terminated = truncated = False
-    steps = 0
-    while not (terminated or truncated):
-        observation = Observation.from_gym(obs)
-        action = policy.act(observation)
-        obs, reward, terminated, truncated, info = env.step(action.values)
-        if builder is not None:
-            builder.add(observation, action.values, reward)
-        steps += 1
-    success = bool(info.get("success", False))
-    episode = builder.finish(Observation.from_gym(obs), success=success) if builder is not None else None
-    return success, steps, episode
+    return run_episode_with(env, lambda obs, info: policy.act(Observation.from_gym(obs)).values, seed, builder)
 
 
 def evaluate_policy(policy: VLAPolicy, tasks: Sequence[str], episodes: int = 10, family: str = "metaworld",

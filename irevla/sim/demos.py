@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from irevla.data.episode import EpisodeBuilder
 from irevla.data.store import EpisodeStore
+from irevla.sim.episode_loop import run_episode
 from irevla.sim.registry import make_env_by_name, make_expert
-from irevla.spec import Observation
 
 
 @dataclass
@@ -81,22 +81,6 @@ class DuplicateDemosError(ValueError):
     """The output directory already holds this task recorded with the same seed."""
 
 
-def record_episode(env, act, builder: EpisodeBuilder, seed: int, noise: float, rng: np.random.Generator):
-    """Run one expert episode; returns (episode, success)."""
-    obs, info = env.reset(seed=seed)
-    spec = env.task_spec.action_spec
-    noise_std = noise * (spec.high_array - spec.low_array) / 2.0
-    terminated = truncated = False
-    while not (terminated or truncated):
-        action = spec.clip(act(obs, info))
-        executed = action if noise <= 0 else spec.clip(action + rng.normal(0.0, noise_std))
-        next_obs, reward, terminated, truncated, info = env.step(executed)
-        builder.add(Observation.from_gym(obs), action, reward)
-        obs = next_obs
-    success = bool(info.get("success", False))
-    return builder.finish(Observation.from_gym(obs), success=success), success
-
-
 def collect_expert_demos(tasks: Sequence[str], episodes: int, out: str | Path, family: str = "metaworld",
                          image_size: int = 128, cameras: Sequence[str] | None = None, fast: bool = True,
                          seed: int = 0, keep_failures: bool = False, action_noise: float = 0.0,
@@ -136,7 +120,7 @@ def collect_expert_demos(tasks: Sequence[str], episodes: int, out: str | Path, f
                                 "expert": f"{family}-scripted", "action_noise": action_noise,
                                 "variation": variation, "variation_seed": variation_seed}
                     builder = EpisodeBuilder(env.task_spec, source="script", round=round, metadata=metadata)
-                    episode, success = record_episode(env, act, builder, reset_seed, action_noise, rng)
+                    success, _, episode = run_episode(env, act, reset_seed, builder, action_noise, rng)
                     task_report.steps += episode.n_steps
                     task_report.successes += int(success)
                     task_report.failures += int(not success)

@@ -40,7 +40,7 @@ def test_failures_are_counted_and_only_kept_when_asked(tmp_path):
 
 def test_dart_noise_is_executed_but_the_clean_expert_action_is_stored():
     from irevla.data.episode import EpisodeBuilder
-    from irevla.sim.demos import record_episode
+    from irevla.sim.episode_loop import run_episode
     from irevla.sim.metaworld import MetaWorldEnv
 
     env = MetaWorldEnv("reach-v3", image_size=32)
@@ -62,7 +62,7 @@ def test_dart_noise_is_executed_but_the_clean_expert_action_is_stored():
     for noise in (0.0, 0.3):
         clean.clear(), executed.clear()
         builder = EpisodeBuilder(env.task_spec, source="script")
-        episodes[noise], _ = record_episode(env, spy_act, builder, 7, noise, np.random.default_rng(0))
+        _, _, episodes[noise] = run_episode(env, spy_act, 7, builder, noise, np.random.default_rng(0))
         np.testing.assert_array_equal(episodes[noise].actions, np.clip(clean, -1, 1))  # the clean action is stored
         gap = np.abs(np.asarray(executed) - np.asarray(clean)).mean()
         assert gap == 0.0 if noise == 0.0 else gap > 0.1  # ... and the noisy one is executed
