@@ -1,8 +1,9 @@
 """The seam for stage-1 RL on the robot (vla_policy's ``rl_actor`` mode): the actor's core and the learner link.
 
-STATUS: the RL learner and its actor/learner transport (the loop issue, irevla/learner) do not exist yet, so the
-vla_policy node refuses ``mode: rl_actor``. This module fixes the interface they plug into and implements the actor's
-side without ROS, tested with `InMemoryLearnerLink`:
+The messages (`Transition`, `EpisodeEnd`), the `LearnerLink` protocol and `InMemoryLearnerLink` live in
+`irevla.learner.messages` (the learner must not import the robot); `irevla.learner.transport.ZmqLearnerLink` carries
+them to a learner in another process or on another machine (docs/overnight.md, "Actor/learner transport").
+This module implements the actor's side without ROS:
 
 * every observation goes through the frozen VLM once (`PolicyRunner.encode`); the latent is what the learner stores
   (DESIGN.md: latents, not images, in the replay);
@@ -13,63 +14,18 @@ side without ROS, tested with `InMemoryLearnerLink`:
 * head parameters the learner publishes (`LearnerLink.poll_head`: version + tensors named as in
   ``VLAPolicy.head_state``) are applied between steps; actions carry that version.
 
-What the transport must provide is `LearnerLink`; next-observations are by index (step t + 1 of the same episode),
-as the episode store does, so each latent is sent once.
+Next-observations are by index (step t + 1 of the same episode), as the episode store does, so each latent is sent
+once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
-
 import numpy as np
 
+from irevla.learner.messages import InMemoryLearnerLink, LearnerLink, Transition
 from irevla.spec import Observation
 
-
-@dataclass(frozen=True)
-class Transition:
-    episode: int
-    step: int
-    latent_tokens: np.ndarray  # float16 (m, d): the frozen VLM's output for observation `step`
-    latent_mask: np.ndarray  # bool (m,)
-    proprio: np.ndarray  # float32 (P,)
-    action: np.ndarray  # float32 (A,): what was executed (the human's during an intervention)
-    intervention: bool
-    policy_version: int
-
-
-class LearnerLink(Protocol):
-    """The actor -> learner transport (to be implemented with the learner; no pickle on the wire)."""
-
-    def send_transition(self, transition: Transition) -> None: ...
-
-    def send_episode_end(self, episode: int, steps: int, success: bool, final_latent: tuple[np.ndarray, np.ndarray],
-                         final_proprio: np.ndarray) -> None: ...
-
-    def poll_head(self) -> tuple[int, Mapping[str, np.ndarray]] | None:
-        """The newest head (version, parameters) since the last poll, or None."""
-        ...
-
-
-@dataclass
-class InMemoryLearnerLink:
-    """A `LearnerLink` inside one process, for tests and for trying the actor without a learner."""
-
-    transitions: list[Transition] = field(default_factory=list)
-    episodes: list[dict] = field(default_factory=list)
-    pending_head: tuple[int, Mapping[str, np.ndarray]] | None = None
-
-    def send_transition(self, transition: Transition) -> None:
-        self.transitions.append(transition)
-
-    def send_episode_end(self, episode, steps, success, final_latent, final_proprio) -> None:
-        self.episodes.append({"episode": episode, "steps": steps, "success": success})
-
-    def poll_head(self):
-        head, self.pending_head = self.pending_head, None
-        return head
+__all__ = ["InMemoryLearnerLink", "LearnerLink", "RlActorCore", "Transition"]
 
 
 class RlActorCore:
