@@ -16,7 +16,7 @@ from irevla import __version__
 
 EPILOG = """\
 Typical session:
-  irevla demo                                   # the simulated demo: expert data (and, later, the iRe-VLA loop)
+  irevla demo                                   # the simulated demo: the whole iRe-VLA loop on Meta-World
   irevla sim list                               # every simulated task, with its instruction
   irevla sim show --task drawer-open-v3 --variation color:red --out drawer.png
   irevla demos sim --tasks button-press-v3 drawer-open-v3 --episodes 20 --out data/expert
@@ -33,28 +33,11 @@ class UserError(Exception):
 
 # ------------------------------------------------------------------------------------------------------ commands
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from irevla.config import DemoConfig, load_config, validate_config
-    from irevla.data.store import format_summary
-    from irevla.sim.demos import collect_expert_demos
+    """The simulated demo: the whole iRe-VLA loop on the embedded default (``irevla iterate`` on config/demo.yaml)."""
+    from irevla.learner.cli import _cmd_iterate
 
-    config = load_config(args.config, DemoConfig) if args.config else validate_config({}, DemoConfig, "<defaults>")
-    if args.episodes is not None:
-        data = config.model_dump()
-        data["demos"]["episodes"] = args.episodes
-        config = validate_config(data, DemoConfig, "--episodes")
-    demos = config.demos
-    out = Path(args.out) if args.out else Path(demos.out)
-    print(f"irevla demo: recording {demos.episodes} scripted-expert episode(s) of {', '.join(demos.tasks)} "
-          f"({demos.family}, {demos.render.image_size}px, cameras {'/'.join(demos.render.cameras or ['default'])}) "
-          f"into {out}")
-    report = collect_expert_demos(
-        demos.tasks, demos.episodes, out, family=demos.family, image_size=demos.render.image_size,
-        cameras=demos.render.cameras, fast=demos.render.fast, seed=demos.seed, keep_failures=demos.keep_failures,
-        action_noise=demos.action_noise, max_attempts_factor=demos.max_attempts_factor, resume=True)
-    print(report.format())
-    print()
-    print(format_summary([out]))
-    return 0 if all(t.kept >= demos.episodes for t in report.tasks) else 1
+    args.set = list(args.set or [])
+    return _cmd_iterate(args)
 
 
 def _cmd_demos_sim(args: argparse.Namespace) -> int:
@@ -168,13 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"irevla {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = commands.add_parser("demo", help="run the simulated demo (what `make demo` runs)",
-                               description="Record a small scripted-expert dataset in simulation and print its "
-                                           "summary. Settings come from --config (default: the built-in defaults, "
-                                           "which config/demo.yaml spells out).")
-    demo.add_argument("--config", help="YAML config (see config/demo.yaml)")
-    demo.add_argument("--out", help="output directory (default: the config's demos.out)")
-    demo.add_argument("--episodes", type=_positive_int, help="episodes per task (default: the config's demos.episodes)")
+    demo = commands.add_parser("demo", help="run the simulated demo: the whole iRe-VLA loop (what `make demo` runs)",
+                               description="Expert demos -> SFT -> RL on a new task variation -> consolidation -> "
+                                           "evaluation of expert, RL and unseen tasks, on Meta-World with a tiny VLA "
+                                           "trained on the CPU. Same as `irevla iterate --config config/demo.yaml`; "
+                                           "rerun to resume.")
+    demo.add_argument("--config", default="config/demo.yaml", help="loop config (default: config/demo.yaml)")
+    demo.add_argument("--run-dir", help="override run_dir")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key (repeatable)")
     demo.set_defaults(func=_cmd_demo)
 
     demos = commands.add_parser("demos", help="record expert demonstrations")
@@ -233,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sft_parser(commands)
     add_policy_parser(commands)
 
+    from irevla.learner.cli import add_iterate_parser, add_learner_parser  # argparse only; jax loads when run
+
+    add_iterate_parser(commands)
+    add_learner_parser(commands)
+
     from irevla.robot.cli import add_robot_parser  # argparse only; rclpy is imported when a command runs
 
     add_robot_parser(commands)
@@ -245,6 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     user_errors: tuple[type[BaseException], ...] = (UserError, ConfigError, ContractError, FileNotFoundError)
+    try:
+        from irevla.learner.loop import LoopError
+
+        user_errors += (LoopError,)
+    except ImportError:
+        pass
     try:
         from irevla.data.episode_file import EpisodeFormatError
         from irevla.policy.errors import CheckpointError

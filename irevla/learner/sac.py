@@ -31,41 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from pydantic import Field
 
-from irevla.config import ConfigModel
+from irevla.learner.config import SACConfig
 from irevla.learner.flax_head import FlaxHead, HeadSpec, check_tree_matches, params_from_state, state_from_params
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 EPS = 1e-6
-
-
-class SACConfig(ConfigModel):
-    """Stage-1 SAC/REDQ settings (defaults: SERL's, see shared REFERENCE)."""
-
-    num_critics: int = Field(default=10, ge=1, description="REDQ ensemble size")
-    critic_subsample: int = Field(default=2, ge=1, description="target critics the TD target takes the min over")
-    discount: float = Field(default=0.96, gt=0, le=1)
-    tau: float = Field(default=0.005, gt=0, le=1, description="Polyak rate of the target critics")
-    actor_lr: float = Field(default=3e-4, gt=0)
-    critic_lr: float = Field(default=3e-4, gt=0)
-    temperature_lr: float = Field(default=3e-4, gt=0)
-    initial_temperature: float = Field(default=0.01, gt=0)
-    target_entropy: float | None = Field(default=None, description="default: -action_dim / 2")
-    backup_entropy: bool = Field(default=False, description="subtract alpha * log pi in the TD target (SERL: off)")
-    utd: int = Field(default=4, ge=1, description="critic steps per actor step (update-to-data ratio)")
-    batch_size: int = Field(default=256, ge=2, description="per critic step; half demo, half online")
-    initial_log_std: float = Field(default=-1.6, description="log std of the exploration noise at the start "
-                                                             "(unit action space; -1.6 = std 0.2)")
-    bc_weight: float = Field(default=0.0, ge=0, description="weight of MSE(mean action, demo action) on the demo "
-                                                           "half in the actor loss (0: plain SACfD)")
-    critic_hidden: tuple[int, ...] | None = Field(default=None, description="critic MLP widths (default: the "
-                                                                            "actor head's)")
-    grad_clip: float = Field(default=10.0, gt=0)
-
-    def check(self) -> None:
-        if self.critic_subsample > self.num_critics:
-            raise ValueError(f"critic_subsample {self.critic_subsample} > num_critics {self.num_critics}")
 
 
 @flax.struct.dataclass

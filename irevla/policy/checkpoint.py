@@ -35,10 +35,9 @@ import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from safetensors.torch import save as save_tensors_to_bytes
 
-from irevla.atomic_io import atomic_write_bytes
 from irevla.data.stats import DatasetStats
+from irevla.head_file import HeadFileError, load_head_arrays, save_head_arrays
 from irevla.policy.backbones import build_backbone
 from irevla.policy.config import LoraSettings, PolicyConfig
 from irevla.policy.errors import CheckpointError
@@ -47,8 +46,6 @@ from irevla.spec import ActionSpec, ContractError, ObservationSpec
 
 FORMAT = "irevla-policy"
 VERSION = 1
-HEAD_FORMAT = "irevla-head"
-HEAD_VERSION = 1
 MANIFEST = "policy.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
@@ -154,44 +151,19 @@ def new_temp_directory(target: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------------ head files
 def save_head(path: str | Path, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write head parameters as float32 safetensors; `metadata` (JSON) describes the head (sizes, config)."""
-    path = Path(path)
-    tensors = {name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in state.items()}
-    # One metadata key holding sorted JSON: safetensors writes a multi-key metadata map in no fixed order, which
-    # would give the same weights a different file hash (and checkpoint id) on every save.
-    header = {"irevla": json.dumps({"format": HEAD_FORMAT, "version": HEAD_VERSION, "head": dict(metadata or {})},
-                                   sort_keys=True)}
-    # Heads are small (a few MB): serialise in memory and write crash-safely in one go.
-    return atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata=header))
+    """Write head parameters as float32 safetensors; `metadata` (JSON) describes the head (sizes, config).
+    The format is `irevla.head_file`'s, which the learner process reads without torch."""
+    return save_head_arrays(path, {name: tensor.detach().to("cpu", torch.float32).numpy()
+                                   for name, tensor in state.items()}, metadata)
 
 
 def load_head(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, metadata) of a head file written by `save_head`; checks the format and that values are finite."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: head file not found")
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file: {exc}") from None
-    try:
-        description = json.loads(header.get("irevla", "{}"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: metadata 'irevla' is not valid JSON: {exc}") from None
-    if not isinstance(description, dict) or description.get("format") != HEAD_FORMAT:
-        found = description.get("format") if isinstance(description, dict) else description
-        raise CheckpointError(f"{path}: metadata 'format': expected {HEAD_FORMAT!r}, got {found!r}")
-    if description.get("version") != HEAD_VERSION:
-        raise CheckpointError(f"{path}: metadata 'version': expected {HEAD_VERSION}, got "
-                              f"{description.get('version')!r}")
-    tensors = _load_safetensors(path)
-    for name, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{path}: tensor {name!r} contains NaN/inf")
-    return tensors, dict(description.get("head") or {})
+        arrays, metadata = load_head_arrays(path)
+    except HeadFileError as exc:
+        raise CheckpointError(str(exc)) from None
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}, metadata
 
 
 def head_metadata(policy: VLAPolicy) -> dict[str, Any]:

@@ -1,0 +1,113 @@
+"""The stage-1 actor side: the torch VLA encodes each observation once and acts with the head the learner sends.
+
+`LatentActor` wraps a `VLAPolicy` whose backbone is frozen:
+
+* `observe(observation)` runs the VLM once and returns the latent the learner stores -- the backbone's last hidden
+  states (fp16 tokens + mask) or, with ``latent="pooled"``, the token learner's output (1, S * w) -- and keeps what
+  the head needs to act on it;
+* `act(explore)` gives the action in env units: ``tanh(mu)`` (the deployed policy, exactly the VLA's) or a sample
+  ``tanh(mu + std * eps)`` with the learner's exploration std;
+* `apply_head(version, params)` loads what the learner published (``mlp.*`` only in pooled mode; the token learner
+  then stays as it was when stage 1 started) between steps.
+
+`run_rl_episode` is one simulated episode through `irevla.sim.episode_loop.run_episode`: every step goes to the
+learner link as a `Transition`, the end as an `EpisodeEnd` with the env's success, and the images are recorded (the
+successful ones become D_RL for stage 2, which trains the whole VLM and so needs pixels, not latents).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from irevla.data.episode import Episode, EpisodeBuilder
+from irevla.learner.learner import LOG_STD_NAME
+from irevla.learner.messages import Transition
+from irevla.sim.episode_loop import run_episode
+from irevla.spec import Observation
+
+
+class LatentActor:
+    def __init__(self, policy, latent: str = "pooled", seed: int = 0, initial_log_std: float = -1.6) -> None:
+        if latent not in ("tokens", "pooled"):
+            raise ValueError(f"LatentActor.latent: expected 'tokens' or 'pooled', got {latent!r}")
+        self.policy, self.latent_mode = policy, latent
+        policy.freeze_backbone()
+        policy.eval()
+        self.version = 0
+        self.log_std = np.full(policy.action_spec.dim, initial_log_std, np.float32)
+        self.rng = np.random.default_rng(seed)
+        self._pooled: torch.Tensor | None = None
+        self._proprio_unit: torch.Tensor | None = None
+
+    @torch.inference_mode()
+    def observe(self, observation: Observation) -> tuple[np.ndarray, np.ndarray]:
+        """The latent message for `observation`: (tokens fp16 (m, d) + mask (m,)) or (pooled fp16 (1, D), [True])."""
+        policy = self.policy
+        images, instructions, proprio = policy.observations_to_batch([observation])
+        latent = policy.encode({c: t.to(policy.device) for c, t in images.items()}, instructions).to(policy.device)
+        head = policy.head
+        tokens = latent.tokens.to(head.mlp.out.weight.dtype)
+        self._pooled = head.token_learner(tokens, latent.mask)
+        self._proprio_unit = policy.normalizer.proprio_to_unit(proprio.to(policy.device))
+        if self.latent_mode == "pooled":
+            return self._pooled.float().cpu().numpy().astype(np.float16), np.ones(1, bool)
+        return tokens[0].float().cpu().numpy().astype(np.float16), latent.mask[0].cpu().numpy().astype(bool)
+
+    @torch.inference_mode()
+    def act(self, explore: bool) -> np.ndarray:
+        """Env-unit action for the last observed observation (finite, clipped to the ActionSpec)."""
+        if self._pooled is None:
+            raise RuntimeError("LatentActor.act: observe() an observation first")
+        head = self.policy.head
+        parts = [self._pooled] + ([self._proprio_unit] if head.proprio_dim else [])
+        mu = head.mlp(torch.cat(parts, dim=-1))[:, :head.action_dim].float().cpu().numpy()[0]
+        if explore:
+            mu = mu + np.exp(self.log_std) * self.rng.normal(size=mu.shape)
+        unit = np.tanh(mu)
+        action = self.policy.normalizer.action_from_unit(torch.from_numpy(unit.astype(np.float32))).numpy()
+        if not np.isfinite(action).all():
+            raise ValueError("LatentActor.act: non-finite action; refusing to send it to the env")
+        return self.policy.action_spec.clip(action)
+
+    def apply_head(self, version: int, params: Mapping[str, np.ndarray]) -> None:
+        params = dict(params)
+        log_std = params.pop(LOG_STD_NAME, None)
+        if log_std is not None:
+            self.log_std = np.asarray(log_std, np.float32).reshape(self.log_std.shape)
+        state = self.policy.head_state()
+        unknown = sorted(set(params) - set(state))
+        if unknown:
+            raise ValueError(f"head message version {version}: unknown tensors {unknown[:4]}")
+        state.update({name: torch.as_tensor(np.array(array)) for name, array in params.items()})
+        self.policy.load_head_state(state, where=f"head message version {version}")
+        self.version = int(version)
+
+
+def run_rl_episode(env, actor: LatentActor, link, episode_index: int, seed: int, explore: bool,
+                   builder: EpisodeBuilder) -> tuple[bool, int, Episode]:
+    """One episode: stream transitions + the success label to `link`, record the images in `builder`."""
+    step = 0
+
+    def act(obs: dict, info: dict) -> np.ndarray:
+        nonlocal step
+        head = link.poll_head()
+        if head is not None:
+            actor.apply_head(*head)
+        observation = Observation.from_gym(obs)
+        tokens, mask = actor.observe(observation)
+        action = actor.act(explore)
+        link.send_transition(Transition(episode=episode_index, step=step, latent_tokens=tokens, latent_mask=mask,
+                                        proprio=observation.proprio.astype(np.float32),
+                                        action=action.astype(np.float32), intervention=False,
+                                        policy_version=actor.version))
+        step += 1
+        return action
+
+    success, steps, episode = run_episode(env, act, seed, builder)
+    final = episode.observation(episode.n_steps)
+    tokens, mask = actor.observe(final)
+    link.send_episode_end(episode_index, steps, bool(success), (tokens, mask), final.proprio.astype(np.float32))
+    return success, steps, episode

@@ -1,0 +1,434 @@
+"""`irevla iterate`: the iRe-VLA loop (Algorithm 1), resumable at any moment.
+
+Stages, in order, each with its own directory under ``run_dir``::
+
+    demos        record expert demos D_e (sim; skipped when expert_data / init is given)
+    sft          stage 0: supervised fine-tuning on D_e                       -> sft/policy
+    eval-0       evaluate expert / RL / unseen task groups                    -> eval-0.json
+    rl-K         stage 1 on RL task K: VLM frozen, head trained online by the learner process; successful
+                 trajectories recorded into d_rl/ (episode store, source=rl)  -> rl-K/policy
+    stage2-K     stage 2: SFT of the whole model (LoRA + head) on D_e + D_RL   -> stage2-K/policy
+    eval-K       evaluate the three groups again                              -> eval-K.json
+
+``run_dir/state.json`` records each finished stage (written atomically after the stage's outputs), so a kill -9 at
+any moment followed by the same command redoes only the unfinished stage: SFT continues from its last checkpoint,
+RL from the learner's last snapshot and the actor's progress file, evaluation from scratch. Episodes already written
+(D_e, D_RL) are never rewritten or lost. After every evaluation the report (report.md, report.json, report.png) is
+rebuilt from the finished stages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from irevla.atomic_io import atomic_write_text
+from irevla.config import dump_config
+from irevla.learner.loop_config import IterateConfig, TaskRef
+
+Log = Callable[[str], None]
+STATE_FILE = "state.json"
+
+
+class LoopError(RuntimeError):
+    """A stage failed in a way the user must look at (the message names the stage and the file)."""
+
+
+# -------------------------------------------------------------------------------------------------- run state
+class RunState:
+    """Finished stages of a run, persisted in ``run_dir/state.json`` (atomic rewrite after every stage)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / STATE_FILE
+        self.data: dict[str, Any] = {"stages": {}}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError as exc:
+                raise LoopError(f"{self.path}: not valid JSON ({exc}); it is only ever replaced atomically, so it "
+                                f"was edited by hand: fix or delete it") from None
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["stages"]
+
+    def output(self, stage: str) -> dict[str, Any]:
+        return self.data["stages"][stage]
+
+    def finish(self, stage: str, seconds: float, **outputs: Any) -> None:
+        self.data["stages"][stage] = {"seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                      **outputs}
+        atomic_write_text(self.path, json.dumps(self.data, indent=1))
+
+    @property
+    def finished(self) -> list[str]:
+        return list(self.data["stages"])
+
+
+def stage_names(config: IterateConfig) -> list[str]:
+    names = []
+    if config.init is None:
+        if config.demos is not None:
+            names.append("demos")
+        names.append("sft")
+    names.append("eval-0")
+    for k in range(1, len(config.rl_tasks) + 1):
+        names.append(f"rl-{k}")
+        if not config.stage2.skip:
+            names.append(f"stage2-{k}")
+        names.append(f"eval-{k}")
+    return names
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+def _expert_dirs(config: IterateConfig, run_dir: Path) -> list[str]:
+    dirs = list(config.expert_data)
+    if config.demos is not None:
+        dirs.insert(0, str(run_dir / "expert"))
+    return dirs
+
+
+def stage_demos(config: IterateConfig, run_dir: Path, log: Log) -> dict:
+    from irevla.sim.demos import collect_expert_demos
+
+    demos = config.demos
+    report = collect_expert_demos(demos.tasks, demos.episodes, run_dir / "expert", family=demos.family,
+                                  image_size=demos.render.image_size, cameras=demos.render.cameras,
+                                  fast=demos.render.fast, seed=demos.seed, keep_failures=False,
+                                  action_noise=demos.action_noise, max_attempts_factor=demos.max_attempts_factor,
+                                  resume=True, max_episode_steps=config.eval.max_episode_steps)
+    log(report.format())
+    short = [t.task for t in report.tasks if t.kept < demos.episodes]
+    if short:
+        raise LoopError(f"demos: the scripted expert did not reach {demos.episodes} successes on {short}")
+    return {"dir": str(run_dir / "expert"), "episodes": report.kept}
+
+
+def _sft_config(config: IterateConfig, overrides: dict):
+    from irevla.config import load_config
+    from irevla.policy.config import SFTConfig
+
+    return load_config(config.sft_config, SFTConfig, overrides=overrides)
+
+
+def stage_sft(config: IterateConfig, run_dir: Path, log: Log) -> dict:
+    from irevla.policy.sft import run_sft
+
+    out = run_dir / "sft"
+    sft = _sft_config(config, {**config.sft_overrides, "data.dirs": _expert_dirs(config, run_dir), "out": str(out),
+                               "train.threads": config.threads})
+    result = run_sft(sft, resume=(out / "last").exists(), log=log)
+    return {"policy": str(out / "policy"), "val_loss": result.val_loss}
+
+
+def stage_eval(config: IterateConfig, policy_path: str, log: Log) -> dict:
+    """Success of the policy on every task of the three groups."""
+    import torch
+
+    from irevla.policy.checkpoint import load_policy
+    from irevla.policy.rollout import evaluate_policy
+
+    torch.set_num_threads(config.threads)
+    policy = load_policy(policy_path)
+    groups = {"expert": config.expert_group, "rl": config.rl_tasks, "unseen": config.unseen_tasks}
+    results: dict[str, dict] = {}
+    for group, tasks in groups.items():
+        results[group] = {}
+        for ref in tasks:
+            report = evaluate_policy(policy, [ref.task], episodes=config.eval.episodes, family=config.family,
+                                     seed=config.eval.seed, max_episode_steps=config.eval.max_episode_steps,
+                                     variation=ref.variation, variation_seed=ref.variation_seed)
+            task = report.tasks[0]
+            results[group][ref.label] = {"successes": task.successes, "episodes": task.episodes,
+                                         "rate": task.success_rate, "seconds": round(task.seconds, 1)}
+            log(f"  {group:7s} {ref.label:40s} {task.successes:3d}/{task.episodes}")
+    return {"policy": policy_path, "groups": results}
+
+
+def stage_stage2(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log: Log) -> dict:
+    from irevla.policy.checkpoint import read_manifest
+
+    out = run_dir / f"stage2-{k}"
+    stage2 = config.stage2
+    training = "frozen" if stage2.freeze_vlm else stage2.backbone_training
+    data_dirs = _expert_dirs(config, run_dir) + [str(run_dir / "d_rl")]
+    overrides = {**config.sft_overrides, "train.steps": stage2.steps, "train.warmup_steps": 0, **stage2.overrides,
+                 "data.dirs": data_dirs, "out": str(out), "init": policy_path,
+                 "policy.backbone_training": training, "train.threads": config.threads}
+    sft = _sft_config(config, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "stage2.yaml"
+    if not config_path.exists():
+        dump_config(sft, config_path)
+    if stage2.command is None:
+        from irevla.policy.sft import run_sft
+
+        result = run_sft(sft, resume=(out / "last").exists(), log=log)
+        return {"policy": str(out / "policy"), "val_loss": result.val_loss, "backbone_training": training}
+    command = stage2.command.format(config=shlex.quote(str(config_path)), out=shlex.quote(str(out)),
+                                    run_dir=shlex.quote(str(run_dir)), python=shlex.quote(sys.executable))
+    log(f"stage 2 dispatched: {command}")
+    started = time.monotonic()
+    completed = subprocess.run(command, shell=True, timeout=stage2.command_timeout_s)  # noqa: S602 (user's template)
+    if completed.returncode != 0:
+        raise LoopError(f"stage2-{k}: the command exited with {completed.returncode}: {command}")
+    try:
+        manifest = read_manifest(out / "policy")  # verifies every file's hash: a half-copied result is refused
+    except Exception as exc:  # noqa: BLE001 -- report whatever went wrong with the remote result
+        raise LoopError(f"stage2-{k}: {out / 'policy'}: the dispatched run left no valid checkpoint: {exc}") from None
+    log(f"stage 2 finished remotely in {time.monotonic() - started:.0f} s (checkpoint {manifest['checkpoint_id']})")
+    return {"policy": str(out / "policy"), "backbone_training": training, "dispatched": True}
+
+
+# ---------------------------------------------------------------------------------------------------- stage 1
+def _learner_command(stage_dir: Path, config: IterateConfig) -> list[str]:
+    return [sys.executable, "-m", "irevla", "learner", "serve", "--init", str(stage_dir / "learner_init"),
+            "--out", str(stage_dir / "learner"), "--bind", "tcp://127.0.0.1:0",
+            "--address-file", str(stage_dir / "learner.address"), "--threads", str(config.rl.learner_threads)]
+
+
+def _start_learner(stage_dir: Path, config: IterateConfig, token_file: Path, log: Log) -> tuple[subprocess.Popen, str]:
+    address_file = stage_dir / "learner.address"
+    address_file.unlink(missing_ok=True)
+    env = {**os.environ, "IREVLA_LEARNER_TOKEN_FILE": str(token_file), "JAX_PLATFORMS": os.environ.get(
+        "JAX_PLATFORMS", "cpu")}
+    log_file = open(stage_dir / "learner.log", "ab")  # noqa: SIM115 -- handed to the child process
+    process = subprocess.Popen(_learner_command(stage_dir, config), env=env, stdout=log_file,
+                               stderr=subprocess.STDOUT)
+    log_file.close()
+    deadline = time.monotonic() + 300
+    while not address_file.is_file():
+        if process.poll() is not None:
+            raise LoopError(f"the learner process exited with {process.returncode} before listening; see "
+                            f"{stage_dir / 'learner.log'}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise LoopError(f"the learner did not start within 300 s; see {stage_dir / 'learner.log'}")
+        time.sleep(0.1)
+    address = address_file.read_text().strip()
+    log(f"learner process {process.pid} listening on {address} (log: {stage_dir / 'learner.log'})")
+    return process, address
+
+
+def _stop_learner(process: subprocess.Popen, log: Log, timeout_s: float = 300) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # the learner snapshots and writes its final head, then exits
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise LoopError("the learner did not exit within its time limit after SIGTERM") from None
+    if process.returncode != 0:
+        raise LoopError(f"the learner process exited with status {process.returncode}")
+    log("learner stopped")
+
+
+def _write_learner_init(stage_dir: Path, config: IterateConfig, policy, ref: TaskRef, run_dir: Path,
+                        log: Log) -> None:
+    """What the learner process starts from: head spec, actor head, learner settings and the demo buffer."""
+    import numpy as np
+    import torch
+
+    from irevla.atomic_io import atomic_write_yaml
+    from irevla.data.store import EpisodeCollection
+    from irevla.learner.flax_head import HeadSpec
+    from irevla.learner.replay import LatentReplay
+    from irevla.policy.checkpoint import save_head
+
+    init = stage_dir / "learner_init"
+    if (init / "done").is_file():
+        return
+    init.mkdir(parents=True, exist_ok=True)
+    spec = HeadSpec.from_policy(policy, latent=config.rl.latent)
+    atomic_write_text(init / "spec.json", json.dumps(spec.to_dict(), indent=1))
+    save_head(init / "head.safetensors", policy.head_state(), {"latent": spec.latent})
+    learner_settings = {"algorithm": config.rl.algorithm, "learner": config.rl.learner.model_dump(mode="json"),
+                        "ppo": dict(config.rl.ppo)}
+    atomic_write_yaml(init / "learner.yaml", learner_settings)
+    demo = LatentReplay(config.rl.learner.demo_capacity, spec.latent_shape, spec.proprio_dim, spec.action_dim,
+                        with_mask=spec.latent == "tokens")
+    if config.rl.expert_demos:
+        from irevla.learner.actor import LatentActor
+
+        actor = LatentActor(policy, config.rl.latent)
+        episodes = [e for e in EpisodeCollection(_expert_dirs(config, run_dir)).episodes(task=ref.task)
+                    if e.success]
+        for episode in episodes:
+            latents, masks = [], []
+            for t in range(episode.n_steps + 1):
+                tokens, mask = actor.observe(episode.observation(t))
+                latents.append(tokens.reshape(spec.latent_shape))
+                masks.append(mask)
+            actions = spec.action_to_unit(episode.actions.astype(np.float32))
+            demo.add_episode(np.stack(latents), np.stack(masks) if spec.latent == "tokens" else None,
+                             episode.proprio, actions, success=True)
+        log(f"demo buffer: {len(episodes)} expert episodes of {ref.task} ({len(demo)} transitions) encoded once")
+    demo.save(init / "demo.safetensors")
+    torch.set_num_threads(config.threads)
+    atomic_write_text(init / "done", "ok\n")
+
+
+def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log: Log,
+             progress: Callable[[dict], None] | None = None) -> dict:
+    """Stage 1 on RL task k: the actor (this process) runs episodes, the learner (a child process) trains."""
+    import numpy as np
+    import torch
+
+    from irevla.data.episode import EpisodeBuilder
+    from irevla.data.store import EpisodeStore
+    from irevla.learner.actor import LatentActor, run_rl_episode
+    from irevla.learner.transport import ZmqLearnerLink
+    from irevla.policy.checkpoint import load_head, load_policy, save_policy
+    from irevla.sim.registry import make_env_by_name
+
+    ref = config.rl_tasks[k - 1]
+    rl = config.rl
+    stage_dir = run_dir / f"rl-{k}"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    policy = load_policy(policy_path)
+    _write_learner_init(stage_dir, config, policy, ref, run_dir, log)
+    token_file = stage_dir / "learner.token"
+    if not token_file.is_file():
+        token_file.touch(mode=0o600)
+        token_file.write_text(secrets.token_hex(32))
+    progress_file = stage_dir / "actor.json"
+    state = json.loads(progress_file.read_text()) if progress_file.is_file() else {
+        "episodes": 0, "env_steps": 0, "successes": 0, "demo_successes": 0, "demo_attempts": 0, "history": []}
+    d_rl = EpisodeStore(run_dir / "d_rl")
+    image_size = policy.observation_spec.cameras[policy.cameras[0]][0]
+    env = make_env_by_name(config.family, ref.task, cameras=policy.cameras, image_size=image_size,
+                           max_episode_steps=rl.max_episode_steps, variation=ref.variation,
+                           variation_seed=ref.variation_seed)
+    process, address = _start_learner(stage_dir, config, token_file, log)
+    link = ZmqLearnerLink(address, token_file.read_text().strip(), actor_id=f"sim-{k}")
+    actor = LatentActor(policy, rl.latent, seed=rl.seed + state["episodes"],
+                        initial_log_std=rl.learner.sac.initial_log_std)
+    started = time.monotonic()
+    try:
+        while True:
+            history = state["history"]
+            collecting = (state["demo_successes"] < rl.demo_rollouts
+                          and state["demo_attempts"] < rl.demo_rollout_attempts)
+            exploring = [h["success"] for h in history if h["explore"]][-rl.plateau_window:]
+            rolling = float(np.mean(exploring)) if exploring else 0.0
+            if not collecting and (state["env_steps"] >= rl.max_env_steps or (
+                    len(exploring) >= rl.plateau_window and rolling >= rl.plateau_success)):
+                break
+            episode_index = state["episodes"]
+            builder = EpisodeBuilder(env.task_spec, source="rl", round=k, metadata={
+                "task": ref.task, "variation": ref.variation, "variation_seed": ref.variation_seed,
+                "stage": f"rl-{k}", "episode": episode_index, "explore": not collecting})
+            seed = 10_000 * (rl.seed + 1) + episode_index
+            success, steps, episode = run_rl_episode(env, actor, link, episode_index, seed,
+                                                     explore=not collecting, builder=builder)
+            if success:
+                d_rl.write(episode)  # D_RL: every success of stage 1, kept for stage 2
+            state["episodes"] += 1
+            state["env_steps"] += steps
+            state["successes"] += int(success)
+            if collecting:
+                state["demo_attempts"] += 1
+                state["demo_successes"] += int(success)
+            history.append({"episode": episode_index, "success": bool(success), "steps": steps,
+                            "explore": not collecting, "env_steps": state["env_steps"],
+                            "head_version": actor.version})
+            atomic_write_text(progress_file, json.dumps(state))
+            if progress is not None:
+                progress({"episodes": state["episodes"], "env_steps": state["env_steps"],
+                          "budget": rl.max_env_steps, "rolling": rolling, "collecting": collecting,
+                          "successes": state["successes"], "elapsed": time.monotonic() - started})
+        if not link.flush(timeout_s=120):
+            log("warning: the learner did not acknowledge every transition before the stop")
+    finally:
+        link.close()
+        env.close()
+        try:
+            _stop_learner(process, log)
+        except LoopError:
+            if sys.exc_info()[0] is None:
+                raise
+    head, _ = load_head(stage_dir / "learner" / "head.safetensors")
+    merged = policy.head_state()
+    merged.update(head)
+    policy.load_head_state(merged, where=str(stage_dir / "learner" / "head.safetensors"))
+    save_policy(policy, stage_dir / "policy", info={"stage": f"rl-{k}", "task": ref.label,
+                                                    "episodes": state["episodes"], "env_steps": state["env_steps"]})
+    explored = [h for h in state["history"] if h["explore"]]
+    return {"policy": str(stage_dir / "policy"), "episodes": state["episodes"], "env_steps": state["env_steps"],
+            "successes": state["successes"], "demo_rollout_successes": state["demo_successes"],
+            "explore_success": float(np.mean([h["success"] for h in explored])) if explored else None}
+
+
+# --------------------------------------------------------------------------------------------------- the loop
+def current_policy(config: IterateConfig, state: RunState, upto: str) -> str:
+    """The newest policy checkpoint produced by a finished stage before `upto`."""
+    path = config.init
+    for name in stage_names(config):
+        if name == upto:
+            break
+        if state.done(name) and "policy" in state.output(name) and not name.startswith("eval"):
+            path = state.output(name)["policy"]
+    if path is None:
+        raise LoopError(f"{upto}: no policy checkpoint yet (stage 0 has not finished)")
+    return path
+
+
+def run_iterate(config: IterateConfig, log: Log = print, progress_factory=None) -> RunState:
+    from irevla.learner.report import write_report
+
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "config.yaml"
+    if config_file.is_file() and config_file.read_text() != _dump(config):
+        log(f"note: {config_file} differs from this config; finished stages are kept as they are")
+    atomic_write_text(config_file, _dump(config))
+    state = RunState(run_dir)
+    names = stage_names(config)
+    if state.finished:
+        log(f"resuming {run_dir}: finished {', '.join(state.finished)}")
+    for index, name in enumerate(names, 1):
+        if state.done(name):
+            continue
+        log(f"[{index}/{len(names)}] {name}")
+        started = time.monotonic()
+        if name == "demos":
+            outputs = stage_demos(config, run_dir, log)
+        elif name == "sft":
+            outputs = stage_sft(config, run_dir, log)
+        elif name.startswith("eval-"):
+            outputs = stage_eval(config, current_policy(config, state, name), log)
+        elif name.startswith("rl-"):
+            k = int(name.split("-")[1])
+            bar = progress_factory(name, config.rl.max_env_steps) if progress_factory else None
+            try:
+                outputs = stage_rl(config, run_dir, k, current_policy(config, state, name), log,
+                                   progress=bar.update if bar else None)
+            finally:
+                if bar:
+                    bar.close()
+        elif name.startswith("stage2-"):
+            k = int(name.split("-")[1])
+            outputs = stage_stage2(config, run_dir, k, current_policy(config, state, name), log)
+        else:  # pragma: no cover - stage_names and this dispatch are written together
+            raise LoopError(f"unknown stage {name}")
+        state.finish(name, time.monotonic() - started, **outputs)
+        if name.startswith("eval-") or name.startswith("rl-"):
+            write_report(config, state, run_dir)
+    log(f"all {len(names)} stages finished; report: {run_dir / 'report.md'}")
+    return state
+
+
+def _dump(config: IterateConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,112 @@
+"""Settings of `irevla iterate` (the iRe-VLA loop), loaded from YAML and validated (no torch/jax imported here).
+
+A run is Algorithm 1 of the paper: stage 0 SFT on expert demos D_e (or a given checkpoint) -> for each RL task:
+stage 1 RL on the head with the VLM frozen -> stage 2 SFT of the whole model on D_e + D_RL -> evaluation of the
+expert, RL and unseen task groups. `config/demo.yaml` is the simulated demo; docs/overnight.md the robot run.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from irevla.config import ConfigModel, DemosConfig
+from irevla.learner.config import LearnerConfig
+
+
+class TaskRef(ConfigModel):
+    """A task of one of the three groups: a simulated task name plus an optional named variation."""
+
+    task: str
+    variation: str = Field(default="", description="e.g. 'hand:0.06,0,0' or 'color:red' (irevla/sim/variations.py)")
+    variation_seed: int = 0
+    name: str | None = Field(default=None, description="label in reports (default: task[variation])")
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return f"{self.task}[{self.variation}]" if self.variation else self.task
+
+
+class RLConfig(ConfigModel):
+    """Stage 1: online RL of the head with the VLM frozen, learner in its own process."""
+
+    algorithm: Literal["sac", "ppo"] = Field(default="sac", description="sac (SACfD/RLPD, the paper's real-robot "
+                                                                        "method) or ppo (simulation comparison)")
+    latent: Literal["pooled", "tokens"] = Field(default="pooled", description="what the replay stores: the token "
+                                                                              "learner's output (head MLP trains) "
+                                                                              "or all VLM tokens (whole head trains)")
+    demo_rollouts: int = Field(default=20, ge=0, description="successful rollouts of the current VLA that seed the "
+                                                             "demo buffer before exploring (the paper: 20)")
+    demo_rollout_attempts: int = Field(default=60, ge=0, description="give up collecting them after this many tries")
+    expert_demos: bool = Field(default=True, description="also put D_e's episodes of the base task into the demo "
+                                                         "buffer (encoded once)")
+    max_env_steps: int = Field(default=20_000, ge=1, description="stage-1 budget in env steps per task")
+    plateau_window: int = Field(default=20, ge=1, description="episodes in the rolling success rate")
+    plateau_success: float = Field(default=0.95, gt=0, le=1, description="stop early once the rolling success of "
+                                                                         "exploring episodes reaches this")
+    max_episode_steps: int | None = Field(default=None, gt=0, description="time limit (default: the task's)")
+    learner: LearnerConfig = LearnerConfig()
+    ppo: dict = Field(default_factory=dict, description="PPO settings (irevla.learner.ppo.PPOConfig)")
+    learner_threads: int = Field(default=1, ge=1, description="CPU threads of the learner process")
+    seed: int = 0
+
+
+class Stage2Config(ConfigModel):
+    """Stage 2: supervised consolidation of the whole model on D_e + D_RL (LoRA + head, as the paper)."""
+
+    skip: bool = Field(default=False, description="ablation: no stage 2 (the RL head is the result)")
+    freeze_vlm: bool = Field(default=False, description="ablation 'iRe-VLA-freeze': the VLM stays frozen in stage 2 "
+                                                        "too (only the head trains)")
+    backbone_training: Literal["lora", "full"] = Field(default="lora", description="what of the VLM trains")
+    steps: int = Field(default=500, ge=1)
+    overrides: dict = Field(default_factory=dict, description="dotted SFT keys for stage 2 (e.g. train.lr)")
+    command: str | None = Field(default=None, description=(
+        "run stage 2 elsewhere: a shell command template with {config}, {out}, {run_dir}, {python} (e.g. ssh + "
+        "accelerate launch, or sbatch --wait); unset: in this process"))
+    command_timeout_s: float = Field(default=24 * 3600.0, gt=0)
+
+
+class EvalConfig(ConfigModel):
+    episodes: int = Field(default=20, ge=1, description="episodes per task in each evaluation")
+    seed: int = Field(default=100_000, description="first reset seed (away from demo and RL seeds)")
+    max_episode_steps: int | None = Field(default=None, gt=0)
+
+
+class IterateConfig(ConfigModel):
+    """One iRe-VLA run. Every stage writes into ``run_dir``; rerunning the same command resumes."""
+
+    run_dir: str = "runs/demo"
+    family: Literal["metaworld", "kitchen"] = "metaworld"
+    demos: DemosConfig | None = Field(default=None, description="record expert demos D_e first (sim)")
+    expert_data: tuple[str, ...] = Field(default=(), description="existing D_e directories (instead of or besides "
+                                                                 "demos)")
+    sft_config: str | None = Field(default="config/sft.yaml", description="stage-0 SFT config (its data/out are "
+                                                                          "set by the loop)")
+    sft_overrides: dict = Field(default_factory=dict, description="dotted SFT keys for stage 0, e.g. train.steps")
+    init: str | None = Field(default=None, description="start from this policy checkpoint instead of stage 0")
+    expert_tasks: tuple[TaskRef, ...] | None = Field(default=None, description="default: the demo tasks")
+    rl_tasks: tuple[TaskRef, ...] = Field(min_length=1)
+    unseen_tasks: tuple[TaskRef, ...] = ()
+    rl: RLConfig = RLConfig()
+    stage2: Stage2Config = Stage2Config()
+    eval: EvalConfig = EvalConfig()
+    threads: int = Field(default=1, ge=1, description="torch CPU threads of the actor / SFT")
+
+    @model_validator(mode="after")
+    def _has_data(self) -> IterateConfig:
+        if self.init is None and self.demos is None and not self.expert_data:
+            raise ValueError("give demos (record D_e), expert_data (existing D_e) or init (a trained checkpoint)")
+        if self.init is None and self.sft_config is None:
+            raise ValueError("stage 0 needs sft_config (or give init)")
+        if self.expert_tasks is None and self.demos is None:
+            raise ValueError("expert_tasks is required when no demos are recorded")
+        return self
+
+    @property
+    def expert_group(self) -> tuple[TaskRef, ...]:
+        if self.expert_tasks is not None:
+            return self.expert_tasks
+        return tuple(TaskRef(task=t) for t in self.demos.tasks)
