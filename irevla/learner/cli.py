@@ -108,7 +108,10 @@ def _cmd_learner_serve(args: argparse.Namespace) -> int:
         if args.address_file:
             atomic_write_text(args.address_file, server.address + "\n")
         logging.info("learner (%s, %s latents) serving on %s", algorithm, spec.latent, server.address)
-        serve(learner, server, out, stop=lambda: stopping["now"])
+        # Started by `irevla iterate`: if that process dies (even kill -9), the learner snapshots and exits instead of
+        # running on as an orphan; the rerun starts a new one that resumes from the snapshot.
+        parent = os.getppid() if args.exit_with_parent else None
+        serve(learner, server, out, stop=lambda: stopping["now"] or (parent is not None and os.getppid() != parent))
     logging.info("learner finished: %d updates, %d episodes (%d successes)", learner.updates, learner.episodes,
                  learner.successes)
     return 0
@@ -138,4 +141,6 @@ def add_learner_parser(commands) -> None:
     serve.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
     serve.add_argument("--address-file", help="write the bound address here once listening")
     serve.add_argument("--threads", type=int, default=1, help="CPU threads for XLA")
+    serve.add_argument("--exit-with-parent", action="store_true", help="stop (snapshot, exit) when the process "
+                                                                      "that started this one dies")
     serve.set_defaults(func=_cmd_learner_serve)

@@ -192,7 +192,8 @@ def stage_stage2(config: IterateConfig, run_dir: Path, k: int, policy_path: str,
 def _learner_command(stage_dir: Path, config: IterateConfig) -> list[str]:
     return [sys.executable, "-m", "irevla", "learner", "serve", "--init", str(stage_dir / "learner_init"),
             "--out", str(stage_dir / "learner"), "--bind", "tcp://127.0.0.1:0",
-            "--address-file", str(stage_dir / "learner.address"), "--threads", str(config.rl.learner_threads)]
+            "--address-file", str(stage_dir / "learner.address"), "--threads", str(config.rl.learner_threads),
+            "--exit-with-parent"]
 
 
 def _start_learner(stage_dir: Path, config: IterateConfig, token_file: Path, log: Log) -> tuple[subprocess.Popen, str]:
