@@ -119,14 +119,23 @@ def _sft_config(config: IterateConfig, overrides: dict):
     return load_config(config.sft_config, SFTConfig, overrides=overrides)
 
 
+def _checkpoint_step(out: Path) -> int:
+    """The step an interrupted SFT run in `out` resumes from (0: it starts fresh)."""
+    trainer = out / "last" / "trainer.json"
+    return int(json.loads(trainer.read_text()).get("step", 0)) if trainer.is_file() else 0
+
+
 def stage_sft(config: IterateConfig, run_dir: Path, log: Log) -> dict:
     from irevla.policy.sft import run_sft
 
     out = run_dir / "sft"
     sft = _sft_config(config, {**config.sft_overrides, "data.dirs": _expert_dirs(config, run_dir), "out": str(out),
                                "train.threads": config.threads})
-    result = run_sft(sft, resume=(out / "last").exists(), log=log)
-    return {"policy": str(out / "policy"), "val_loss": result.val_loss}
+    resumed_from = _checkpoint_step(out)
+    if resumed_from:
+        log(f"stage 0 resumes from step {resumed_from}")
+    result = run_sft(sft, resume=resumed_from > 0, log=log)
+    return {"policy": str(out / "policy"), "val_loss": result.val_loss, "resumed_from_step": resumed_from}
 
 
 def stage_eval(config: IterateConfig, policy_path: str, log: Log) -> dict:
@@ -171,8 +180,10 @@ def stage_stage2(config: IterateConfig, run_dir: Path, k: int, policy_path: str,
     if stage2.command is None:
         from irevla.policy.sft import run_sft
 
-        result = run_sft(sft, resume=(out / "last").exists(), log=log)
-        return {"policy": str(out / "policy"), "val_loss": result.val_loss, "backbone_training": training}
+        resumed_from = _checkpoint_step(out)
+        result = run_sft(sft, resume=resumed_from > 0, log=log)
+        return {"policy": str(out / "policy"), "val_loss": result.val_loss, "backbone_training": training,
+                "resumed_from_step": resumed_from}
     command = stage2.command.format(config=shlex.quote(str(config_path)), out=shlex.quote(str(out)),
                                     run_dir=shlex.quote(str(run_dir)), python=shlex.quote(sys.executable))
     log(f"stage 2 dispatched: {command}")
