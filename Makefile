@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # This pin takes the local CPU wheel on a CPU box; on a GPU host the same pin installs the normal CUDA build.
 TORCH  ?= torch==2.13.0
-DEMO_EXTRAS ?= sim,policy
+DEMO_EXTRAS ?= sim,policy,learner
 TEST_EXTRAS ?= sim,policy,learner,robot,calibration,dev
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1 libgl1-mesa-dri libosmesa6 libusb-1.0-0
 PYTEST_ARGS ?=
@@ -21,7 +21,7 @@ export PYOPENGL_PLATFORM ?= egl
 .PHONY: demo test system-deps venv-demo venv-test bench lint clean help
 
 help:
-	@echo "make demo   - install (sim + policy extras) and run the simulated demo"
+	@echo "make demo   - install (sim + policy + learner extras) and run the whole iRe-VLA loop in simulation"
 	@echo "make test   - install (all extras + dev) and run the test suite"
 	@echo "make bench  - run the benchmarks in bench/ (JSON in bench/results/)"
 
