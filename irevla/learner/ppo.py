@@ -57,7 +57,8 @@ CHUNK = 256  # rows per forward pass when computing values / behaviour log-probs
 
 
 class PPOConfig(ConfigModel):
-    """Stage-1 PPO settings (defaults: cleanrl's ppo_continuous_action, except the on-policy batch in episodes)."""
+    """Stage-1 PPO settings (defaults: cleanrl's ppo_continuous_action, except the on-policy batch in episodes) and
+    the learner's (buffers, publishing, snapshots) -- the ``rl.ppo`` section of a loop config."""
 
     clip: float = Field(default=0.2, gt=0, description="PPO ratio clip epsilon")
     gae_lambda: float = Field(default=0.95, ge=0, le=1)
@@ -78,6 +79,14 @@ class PPOConfig(ConfigModel):
                                                            "minibatch per step (needs a demo buffer)")
     value_hidden: tuple[int, ...] | None = Field(default=None, description="value MLP widths (default: the actor "
                                                                            "head's)")
+    # the learner around the algorithm (`PPOLearner`)
+    demo_capacity: int = Field(default=100_000, ge=2, description="observations in the demo buffer (BC term)")
+    interventions_to_demo: bool = Field(default=True, description="copy episodes with human interventions into "
+                                                                  "the demo buffer")
+    publish_every: int = Field(default=1, ge=1, description="publish the head every this many updates (1: after "
+                                                            "each update, else no new episode is on-policy)")
+    snapshot_every_s: float = Field(default=60.0, gt=0, description="snapshot state and rollouts this often")
+    seed: int = 0
 
 
 @flax.struct.dataclass
@@ -109,10 +118,14 @@ class PPOAgent:
             **{**spec.__dict__, "hidden": tuple(config.value_hidden)})
         self.critic = FlaxHead(value_spec, output_dim=1)
         self.tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(config.lr))
-        self._jitted_step = jax.jit(self._minibatch_step)
-        self._jitted_values = jax.jit(self._value)
-        self._jitted_log_prob = jax.jit(self._log_prob)
-        self._jitted_mean_action = jax.jit(self._mean_action)
+
+    # The jitted functions (`_jit_*` below the class) take the agent as a static argument: agents with the same spec
+    # and config (a restored learner, a second learner in a test) share one compilation.
+    def __hash__(self) -> int:
+        return hash((self.spec, self.config))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PPOAgent) and (self.spec, self.config) == (other.spec, other.config)
 
     # ------------------------------------------------------------------------------------------- construction
     def _example_inputs(self, batch: int = 1) -> tuple:
@@ -121,18 +134,21 @@ class PPOAgent:
         proprio = jnp.zeros((batch, self.spec.proprio_dim), jnp.float32)
         return latent, mask, proprio
 
+    def _init_params(self, actor_key: jax.Array, value_key: jax.Array) -> tuple[Any, Any]:
+        latent, mask, proprio = self._example_inputs()
+        proprio_unit = self.spec.proprio_to_unit(proprio)
+        return (self.actor.init(actor_key, latent, mask, proprio_unit)["params"],
+                self.critic.init(value_key, latent, mask, proprio_unit)["params"])
+
     def init(self, actor_state: Mapping[str, Any] | None, seed: int = 0) -> PPOState:
         """A fresh agent; the policy starts from `actor_state` (torch-named head tensors of the current VLA)."""
         rng = jax.random.PRNGKey(seed)
         rng, actor_key, value_key = jax.random.split(rng, 3)
-        latent, mask, proprio = self._example_inputs()
-        proprio_unit = self.spec.proprio_to_unit(proprio)
-        actor_params = self.actor.init(actor_key, latent, mask, proprio_unit)["params"]
+        actor_params, value_params = _jit_init_params(self, actor_key, value_key)  # jitted: one compilation
         if actor_state is not None:
             loaded = params_from_state(actor_state, prefix="mlp." if self.spec.latent == "pooled" else "")
             check_tree_matches(loaded, actor_params, "PPOAgent.init(actor_state)")
             actor_params = loaded
-        value_params = self.critic.init(value_key, latent, mask, proprio_unit)["params"]
         log_std = jnp.full((self.action_dim,), self.config.initial_log_std, jnp.float32)
         return PPOState(actor_params=actor_params, log_std=log_std, value_params=value_params,
                         opt=self.tx.init((actor_params, log_std, value_params)), rng=rng,
@@ -195,15 +211,15 @@ class PPOAgent:
         actor_params, log_std, value_params = optax.apply_updates(variables, updates)
         state = state.replace(actor_params=actor_params, log_std=jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX),
                               value_params=value_params, opt=opt, step=state.step + 1)
-        return state, info | {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return state, info | {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     def minibatch_step(self, state: PPOState, batch: Mapping[str, np.ndarray]) -> tuple[PPOState, dict]:
-        return self._jitted_step(state, {key: jnp.asarray(value) for key, value in batch.items()})
+        return _jit_minibatch_step(self, state, {key: jnp.asarray(value) for key, value in batch.items()})
 
     # ------------------------------------------------------------------------------------ batched inference
     def _chunked(self, function, params: tuple, latent: np.ndarray, mask: np.ndarray | None, proprio: np.ndarray,
                  *extra: np.ndarray) -> list[np.ndarray]:
-        """`function(*params, latent, mask, proprio, *extra)` over rows in chunks of CHUNK (the last one padded),
+        """`function(self, *params, latent, mask, proprio, *extra)` over rows in chunks of CHUNK (the last one padded),
         so any batch size reuses one compiled shape."""
         rows = len(latent)
         outputs: list[list[np.ndarray]] = []
@@ -217,24 +233,24 @@ class PPOAgent:
                 part = np.asarray(array[start:stop])
                 return jnp.asarray(np.concatenate([part, np.repeat(part[-1:], pad, axis=0)]) if pad else part)
 
-            result = function(*params, take(latent), take(mask), take(proprio), *(take(e) for e in extra))
+            result = function(self, *params, take(latent), take(mask), take(proprio), *(take(e) for e in extra))
             result = result if isinstance(result, tuple) else (result,)
             outputs.append([np.asarray(r)[: stop - start] for r in result])
         return [np.concatenate(parts) for parts in zip(*outputs, strict=True)]
 
     def values(self, state: PPOState, latent: np.ndarray, mask: np.ndarray | None, proprio: np.ndarray
                ) -> np.ndarray:
-        return self._chunked(self._jitted_values, (state.value_params,), latent, mask, proprio)[0]
+        return self._chunked(_jit_value, (state.value_params,), latent, mask, proprio)[0]
 
     def log_probs(self, actor_params, log_std, latent: np.ndarray, mask: np.ndarray | None, proprio: np.ndarray,
                   action: np.ndarray) -> np.ndarray:
-        return self._chunked(self._jitted_log_prob, (actor_params, log_std), latent, mask, proprio, action)[0]
+        return self._chunked(_jit_log_prob, (actor_params, log_std), latent, mask, proprio, action)[0]
 
     # ---------------------------------------------------------------------------------------------- exchange
     def mean_action(self, state: PPOState, latent: np.ndarray, mask: np.ndarray | None, proprio: np.ndarray
                     ) -> np.ndarray:
         """The deterministic (deployed) action in unit space, (B, A)."""
-        return np.asarray(self._jitted_mean_action(state.actor_params, jnp.asarray(latent, jnp.float32),
+        return np.asarray(_jit_mean_action(self, state.actor_params, jnp.asarray(latent, jnp.float32),
                                                    None if mask is None else jnp.asarray(mask),
                                                    jnp.asarray(proprio)))
 
@@ -247,6 +263,13 @@ class PPOAgent:
     @staticmethod
     def exploration_log_std(state: PPOState) -> np.ndarray:
         return np.asarray(jnp.clip(state.log_std, LOG_STD_MIN, LOG_STD_MAX))
+
+
+_jit_init_params = jax.jit(PPOAgent._init_params, static_argnums=0)
+_jit_minibatch_step = jax.jit(PPOAgent._minibatch_step, static_argnums=0)
+_jit_value = jax.jit(PPOAgent._value, static_argnums=0)
+_jit_log_prob = jax.jit(PPOAgent._log_prob, static_argnums=0)
+_jit_mean_action = jax.jit(PPOAgent._mean_action, static_argnums=0)
 
 
 # ------------------------------------------------------------------------------------------------ advantages
@@ -271,17 +294,6 @@ def gae(rewards: np.ndarray, values: np.ndarray, terminal: bool, discount: float
 
 
 # ----------------------------------------------------------------------------------------------- the learner
-class PPOLearnerConfig(ConfigModel):
-    ppo: PPOConfig = PPOConfig()
-    demo_capacity: int = Field(default=100_000, ge=2, description="observations in the demo buffer (BC term)")
-    interventions_to_demo: bool = Field(default=True, description="copy episodes with human interventions into "
-                                                                  "the demo buffer")
-    publish_every: int = Field(default=1, ge=1, description="publish the head every this many updates (PPO: "
-                                                            "every update, or no new episode is on-policy)")
-    snapshot_every_s: float = Field(default=60.0, gt=0, description="snapshot state and rollouts this often")
-    seed: int = 0
-
-
 @dataclass
 class _OpenEpisode:
     steps: list[Transition] = field(default_factory=list)
@@ -329,10 +341,10 @@ class PPOLearner:
     ``stale_episodes``). `update` consumes the batch and clears ``accepted`` until the next `head_message`.
     """
 
-    def __init__(self, spec: HeadSpec, config: PPOLearnerConfig, actor_state: Mapping[str, Any] | None,
+    def __init__(self, spec: HeadSpec, config: PPOConfig, actor_state: Mapping[str, Any] | None,
                  demo: LatentReplay | None = None) -> None:
         self.spec, self.config = spec, config
-        self.agent = PPOAgent(spec, config.ppo)
+        self.agent = PPOAgent(spec, config)
         self.state = self.agent.init(actor_state, seed=config.seed)
         self.behaviour = (self.state.actor_params, self.state.log_std)  # the parameters `accepted` versions have
         self.demo = demo if demo is not None else LatentReplay(
@@ -405,11 +417,11 @@ class PPOLearner:
 
     # ----------------------------------------------------------------------------------------------- update
     def updates_allowed(self) -> int:
-        return int(bool(self.accepted) and self.rollouts.episode_count >= self.config.ppo.episodes_per_update)
+        return int(bool(self.accepted) and self.rollouts.episode_count >= self.config.episodes_per_update)
 
     def _batch(self) -> dict[str, np.ndarray]:
         """The pending episodes as one flat batch of transitions with old log-probs, advantages and targets."""
-        config = self.config.ppo
+        config = self.config
         episodes = self.rollouts.episodes
         latent = np.concatenate([e.latent for e in episodes])  # every observation, finals included
         mask = np.concatenate([e.mask for e in episodes]) if self.spec.latent == "tokens" else None
@@ -446,7 +458,7 @@ class PPOLearner:
     def update(self) -> dict[str, float]:
         """One PPO update on every pending on-policy episode; afterwards no version is on-policy until the next
         `head_message` hands out the new parameters."""
-        config = self.config.ppo
+        config = self.config
         episodes = self.rollouts.episodes
         if not episodes:
             raise RuntimeError("PPOLearner.update: no on-policy episodes collected (check updates_allowed())")
@@ -532,7 +544,7 @@ class PPOLearner:
         return directory
 
     @classmethod
-    def restore(cls, directory: str | Path, spec: HeadSpec, config: PPOLearnerConfig) -> PPOLearner:
+    def restore(cls, directory: str | Path, spec: HeadSpec, config: PPOConfig) -> PPOLearner:
         from safetensors.numpy import load_file
 
         directory = Path(directory)
