@@ -1,9 +1,11 @@
 """Stage-1 RL on the robot: vla_policy in rl_actor mode + teleop for human interventions + recorder.
 
-    ros2 launch irevla rl_actor.launch.py checkpoint:=/data/policies/pick out:=runs/rl/pick
+    export IREVLA_LEARNER_TOKEN_FILE=~/.irevla/learner.token      # the learner's token
+    ros2 launch irevla rl_actor.launch.py checkpoint:=/data/policies/pick out:=runs/rl/pick learner:=tcp://127.0.0.1:5555
 
-NOTE: vla_policy's rl_actor mode needs the RL learner's transport (the loop issue); until it exists the node exits
-with a message saying so. The seam is irevla/robot/rl_actor.py.
+vla_policy streams latents + actions to `irevla learner serve` at `learner` and applies the heads it publishes;
+episodes: /vla_policy/start_episode, /vla_policy/end_episode_success, /vla_policy/end_episode_failure
+(docs/robot.md, "RL actor mode").
 """
 
 import os
@@ -22,10 +24,13 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", default_value="", description="policy checkpoint directory"),
         DeclareLaunchArgument("instruction", default_value="pick up the cube"),
         DeclareLaunchArgument("out", default_value="runs/robot/rl", description="episode directory"),
+        DeclareLaunchArgument("learner", default_value="tcp://127.0.0.1:5555",
+                              description="ZeroMQ address of irevla learner serve"),
         Node(package="irevla", executable="vla_policy", name="vla_policy", output="screen",
              parameters=[os.path.join(config_dir, "vla_policy.yaml"),
                          {"mode": "rl_actor", "policy.checkpoint": LaunchConfiguration("checkpoint"),
-                          "instruction": LaunchConfiguration("instruction")}]),
+                          "instruction": LaunchConfiguration("instruction"),
+                         "rl_actor.learner_address": LaunchConfiguration("learner")}]),
         Node(package="irevla", executable="teleop", name="teleop", output="screen", emulate_tty=True,
              parameters=[os.path.join(config_dir, "teleop.yaml")]),
         Node(package="irevla", executable="recorder", name="recorder", output="screen",

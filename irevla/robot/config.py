@@ -258,6 +258,33 @@ class PolicySourceConfig(ConfigModel):
     seed: int = 0
 
 
+class RlActorConfig(ConfigModel):
+    """vla_policy's ``rl_actor`` mode: stage-1 RL episodes on the robot, streamed to ``irevla learner serve``.
+
+    The learner's token is read from $IREVLA_LEARNER_TOKEN or the file named by $IREVLA_LEARNER_TOKEN_FILE (never a
+    parameter: parameters are readable by anyone on the ROS graph)."""
+
+    learner_address: str = Field(default="tcp://127.0.0.1:5555", description="ZeroMQ address of the learner "
+                                                                              "(irevla learner serve --bind)")
+    actor_id: str = Field(default="arm-1", min_length=1, max_length=128, description="this actor's name at the "
+                                                                                     "learner")
+    latent: Literal["pooled", "tokens"] = Field(default="pooled", description="what is streamed: the token learner's "
+                                                "pooled vector or the VLM's tokens; must match the learner's spec")
+    explore: bool = Field(default=True, description="sample tanh(mu + std * eps) with the learner's std; false: the "
+                                                    "head's mean (demo rollouts, evaluation)")
+    initial_log_std: float = Field(default=-1.6, description="exploration log std until the learner's first head")
+    seed: int = Field(default=0, description="exploration noise seed")
+    max_episode_steps: int = Field(default=100, ge=1, description="episode time limit in control steps")
+    on_time_limit: Literal["failure", "wait"] = Field(
+        default="failure", description="failure: end the episode unsuccessful at the limit; wait: hold the arm "
+                                       "until end_episode_success / end_episode_failure is called")
+    reset_before_episode: bool = Field(default=True, description="call topics.reset_service (franka_control's "
+                                                                 "reset_to_home) in start_episode")
+    reset_timeout: float = Field(default=30.0, gt=0, description="how long start_episode waits for the reset (s)")
+    flush_timeout: float = Field(default=10.0, ge=0, description="at shutdown, wait this long for the learner to "
+                                                                 "acknowledge what was sent (s)")
+
+
 class VLAPolicyConfig(ConfigModel):
     mode: Literal["deploy", "rl_actor"] = "deploy"
     instruction: str = "pick up the cube"
@@ -267,6 +294,7 @@ class VLAPolicyConfig(ConfigModel):
     policy: PolicySourceConfig = PolicySourceConfig()
     cameras: CamerasConfig = CamerasConfig()
     topics: TopicsConfig = TopicsConfig()
+    rl_actor: RlActorConfig = RlActorConfig()
 
 
 # -------------------------------------------------------------------------------------------------------- teleop

@@ -4,6 +4,10 @@
 ``load_head_state``) to what the vla_policy node and the RL actor need, so a change of the policy API touches only
 this file. No ROS here; torch is imported when a runner is built.
 
+`LatentActorRunner` is a runner in stage-1 RL (vla_policy's ``rl_actor`` mode): the sim loop's actor,
+`irevla.learner.actor.LatentActor`, behind the interface `irevla.robot.rl_actor.RlActorCore` drives, so the robot
+streams the same latents, explores the same way and applies the same head messages as the simulated actor.
+
 Sources: a checkpoint directory (`irevla.policy.checkpoint.load_policy`), or the ``tiny`` preset -- a small BLIP-2
 with random weights for tests and dry runs of the whole stack (it moves the arm, meaninglessly). The policy's
 action space must be the robot's: the 7-D end-effector delta ``dx dy dz drx dry drz gripper``.
@@ -150,6 +154,85 @@ class PolicyRunner:
         with self._lock:
             self.policy.load_head_state(tensors, where=f"head version {version}")
             self.version = int(version)
+
+
+class LatentActorRunner:
+    """A `PolicyRunner` as the learner's actor: `encode` gives the latent message the learner stores (``pooled``:
+    the token learner's output, fp16 (1, D) with mask [True]; ``tokens``: the VLM's fp16 (m, d) tokens + mask),
+    `act_from_latent` the action on it -- ``tanh(mu + exp(log_std) * eps)`` in unit space when exploring, the head's
+    mean ``tanh(mu)`` (exactly the deployed VLA) otherwise -- and `load_head_state` takes the learner's message
+    (``mlp.*`` in pooled mode, plus ``exploration.log_std``). All three are `LatentActor`'s code; imports jax via
+    irevla.learner (the learner extra)."""
+
+    def __init__(self, runner: PolicyRunner, latent: str = "pooled", explore: bool = True, seed: int = 0,
+                 initial_log_std: float = -1.6) -> None:
+        from irevla.learner.actor import LatentActor
+
+        self.runner, self.explore = runner, bool(explore)
+        with runner._lock:
+            self.actor = LatentActor(runner.policy, latent, seed=seed, initial_log_std=initial_log_std)
+        self._last_latent: np.ndarray | None = None
+
+    @property
+    def action_spec(self) -> ActionSpec:
+        return self.runner.action_spec
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return self.runner.cameras
+
+    @property
+    def source(self) -> str:
+        return self.runner.source
+
+    @property
+    def version(self) -> int:
+        """The version of the head acting now (0: the checkpoint's)."""
+        return self.actor.version
+
+    @property
+    def latent(self) -> str:
+        return self.actor.latent_mode
+
+    @property
+    def log_std(self) -> np.ndarray:
+        return self.actor.log_std.copy()
+
+    def info(self) -> dict:
+        return self.runner.info() | {"version": self.version, "latent": self.latent, "explore": self.explore}
+
+    def observation(self, images: Mapping[str, np.ndarray], proprio: np.ndarray, instruction: str,
+                    timestamp: float) -> Observation:
+        return self.runner.observation(images, proprio, instruction, timestamp)
+
+    def encode(self, observation: Observation) -> tuple[np.ndarray, np.ndarray]:
+        """The latent message of `observation` (fp16 tokens, bool mask); runs the frozen VLM once."""
+        with self.runner._lock:
+            tokens, mask = self.actor.observe(observation)
+        self._last_latent = tokens
+        return tokens, mask
+
+    def act_from_latent(self, tokens: np.ndarray, mask: np.ndarray, proprio: np.ndarray) -> np.ndarray:
+        """The action (float32[7], clipped to the ActionSpec) for the latent the last `encode` returned: LatentActor
+        acts on what it observed (the fp32 pooled vector and the observation's normalised proprio), so acting on
+        any other latent is refused rather than silently answered for the wrong one."""
+        if tokens is not self._last_latent:
+            raise ValueError("LatentActorRunner.act_from_latent: pass the latent the last encode() returned")
+        with self.runner._lock:
+            return self.actor.act(self.explore).astype(np.float32)
+
+    def load_head_state(self, state: Mapping[str, Any], version: int) -> None:
+        """Apply a head message from the learner (a subset of ``VLAPolicy.head_state`` names + the exploration
+        log-std); on an error nothing of the policy changes."""
+        arrays = {name: np.asarray(value) for name, value in state.items()}
+        with self.runner._lock:
+            log_std = self.actor.log_std.copy()
+            try:
+                self.actor.apply_head(int(version), arrays)
+            except Exception:
+                self.actor.log_std = log_std  # apply_head takes the log-std before it checks the tensors
+                raise
+            self.runner.version = self.actor.version
 
 
 def timed_act(runner: PolicyRunner, observation: Observation) -> tuple[np.ndarray, float]:

@@ -1,4 +1,5 @@
-"""The robot's door to the VLA (PolicyRunner, tiny preset) and the RL actor seam with an in-memory learner link."""
+"""The robot's door to the VLA (PolicyRunner, tiny preset) and the RL actor seam with an in-memory learner link
+(test_rl_actor_mode.py: the same over the real transport, and the node)."""
 
 from __future__ import annotations
 
@@ -71,11 +72,11 @@ def test_rl_actor_core_streams_latents_marks_interventions_and_applies_heads(run
     original = runner.policy.head_state()
     try:
         link.pending_head = (5, head)
-        actor.step(observation(30))  # the new head is applied after this step ...
+        actor.step(observation(30))  # the new head is applied before this step acts: it carries version 5
         assert runner.version == 5
         actor.end_episode(observation(40), success=True)
         versions = [t.policy_version for t in link.transitions]
-        assert versions == [0, 0, 0] and [t.intervention for t in link.transitions] == [False, True, False]
+        assert versions == [0, 0, 5] and [t.intervention for t in link.transitions] == [False, True, False]
         assert link.transitions[0].latent_tokens.dtype == np.float16
         assert link.episodes == [{"episode": 0, "steps": 3, "success": True}]
     finally:

@@ -10,8 +10,20 @@ then holds the arm) -- a policy must never act on a frozen camera. The action is
 (sensor_msgs/JointState, irevla.robot.conversions' convention) stamped with the observation's time (its oldest
 image), with ``meta/policy_version``. ``topics.policy_info`` (latched JSON) says which policy runs.
 
-Modes: ``deploy`` (this). ``rl_actor`` needs the RL learner's transport (the loop issue); see
-`irevla.robot.rl_actor` for the seam it will plug into.
+Modes:
+
+* ``deploy``: the above, every tick.
+* ``rl_actor``: stage-1 RL episodes streamed to the learner (``irevla learner serve``) over
+  `irevla.learner.transport.ZmqLearnerLink` (``rl_actor.learner_address``, token from $IREVLA_LEARNER_TOKEN or
+  $IREVLA_LEARNER_TOKEN_FILE); the node is a thin shell over `irevla.robot.rl_actor.RlActorCore`. Services
+  (std_srvs/Trigger): ``~/start_episode`` (calls franka_control's ``topics.reset_service`` first when
+  ``rl_actor.reset_before_episode``), ``~/end_episode_success`` and ``~/end_episode_failure`` (the human's label).
+  Between episodes nothing is published (franka_control holds). Each tick of an episode acts with the head the
+  learner sent last (exploring unless ``rl_actor.explore`` is false) -- or, while teleop's action on
+  ``topics.teleop_action`` carries ``meta/intervention`` = 1, executes the human's action, flagged as an
+  intervention -- and streams the latent + action to the learner. At ``rl_actor.max_episode_steps`` the episode
+  ends unsuccessful (``on_time_limit: failure``) or waits for the label (``wait``). Episode starts and ends are
+  published as JSON on ``topics.episode_event``.
 """
 
 from __future__ import annotations
@@ -23,22 +35,35 @@ import time
 from collections import deque
 
 import numpy as np
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 
 from irevla.config import ConfigError
 from irevla.robot.config import VLAPolicyConfig
 from irevla.robot.conversions import (
+    META_INTERVENTION,
     ConversionError,
     action_to_joint_state,
+    action_values_from_joint_state,
     image_to_rgb,
     proprio_from_joint_state,
     stamp_to_seconds,
 )
-from irevla.robot.policy_runner import PolicyRunner
-from irevla.robot.ros_edge import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, declare_config, run_nodes, wall_time
+from irevla.robot.policy_runner import LatentActorRunner, PolicyRunner
+from irevla.robot.rl_actor import LearnerLink, RlActorCore
+from irevla.robot.ros_edge import (
+    COMMAND_QOS,
+    LATCHED_QOS,
+    SENSOR_QOS,
+    STATE_QOS,
+    declare_config,
+    run_nodes,
+    wall_time,
+)
+from irevla.spec import Observation
 
 
 class LatestValue:
@@ -60,17 +85,21 @@ class LatestValue:
 
 class VLAPolicyNode(Node):
     def __init__(self, config: VLAPolicyConfig | None = None, runner: PolicyRunner | None = None,
-                 **node_kwargs) -> None:
+                 link: LearnerLink | None = None, **node_kwargs) -> None:
         super().__init__("vla_policy", **node_kwargs)
         self.config = config = declare_config(self, VLAPolicyConfig, config)
-        if config.mode == "rl_actor":
-            raise ConfigError("vla_policy: mode rl_actor needs the RL learner transport, which does not exist yet "
-                              "(see irevla/robot/rl_actor.py for the interface it plugs into); use mode: deploy")
-        self.runner: PolicyRunner | None = runner
+        self.rl_mode = config.mode == "rl_actor"
+        self.link = link
+        self._own_link = False
+        self._learner_token = self._check_learner_setup() if self.rl_mode and link is None else None
+        self.runner: PolicyRunner | LatentActorRunner | None = None
+        self.core: RlActorCore | None = None  # rl_actor mode
         self.load_error: str | None = None
         self.images = {camera: LatestValue() for camera in config.cameras.names}
         self.state = LatestValue()
+        self.human = LatestValue()  # rl_actor: teleop's newest action (stamp, (values, intervening))
         self.steps = 0
+        self.episode_started_at = 0.0  # wall time: an episode acts on observations taken after its start
         self.skipped: dict[str, int] = {}
         self.inference_seconds: deque[float] = deque(maxlen=1000)
         self.image_to_action_seconds: deque[float] = deque(maxlen=1000)
@@ -82,29 +111,77 @@ class VLAPolicyNode(Node):
         self.create_subscription(JointState, config.topics.robot_state, self._on_state, SENSOR_QOS)
         self.action_publisher = self.create_publisher(JointState, config.topics.action, COMMAND_QOS)
         self.info_publisher = self.create_publisher(String, config.topics.policy_info, LATCHED_QOS)
+        if self.rl_mode:
+            self.create_subscription(JointState, config.topics.teleop_action, self._on_human, COMMAND_QOS)
+            self.event_publisher = self.create_publisher(String, config.topics.episode_event, STATE_QOS)
+            services = MutuallyExclusiveCallbackGroup()  # one episode command at a time
+            self.create_service(Trigger, "~/start_episode", self._srv_start, callback_group=services)
+            self.create_service(Trigger, "~/end_episode_success",
+                                lambda request, response: self._srv_end(response, True), callback_group=services)
+            self.create_service(Trigger, "~/end_episode_failure",
+                                lambda request, response: self._srv_end(response, False), callback_group=services)
+            self.reset_client = self.create_client(Trigger, config.topics.reset_service,
+                                                   callback_group=ReentrantCallbackGroup())
         self.create_timer(1.0 / config.control_hz, self._step, callback_group=MutuallyExclusiveCallbackGroup())
         if runner is None:
             threading.Thread(target=self._load, name="vla_policy_load", daemon=True).start()
         else:
-            self._announce()
+            self._ready(runner)
 
     # ----------------------------------------------------------------------------------------------- loading
+    def _check_learner_setup(self) -> bytes:
+        """rl_actor needs pyzmq and the learner's token: say so at start, not after the model has loaded."""
+        try:
+            from irevla.learner.transport import TransportError, load_token
+        except ImportError as exc:
+            raise ConfigError(f"vla_policy: mode rl_actor needs the learner extra ({exc})") from None
+        try:
+            return load_token()
+        except TransportError as exc:
+            raise ConfigError(f"vla_policy: mode rl_actor: {exc}") from None
+
     def _load(self) -> None:
         begin = time.monotonic()
         try:
-            self.runner = PolicyRunner.load(self.config.policy, self.config.cameras.names)
+            runner = PolicyRunner.load(self.config.policy, self.config.cameras.names)
+            self._ready(runner)
         except Exception as exc:  # noqa: BLE001 -- reported, the node stays up so its state is visible
             self.load_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"could not load the policy: {self.load_error}")
             return
-        self.get_logger().info(f"policy loaded in {time.monotonic() - begin:.1f} s: {self.runner.source}")
+        self.get_logger().info(f"policy loaded in {time.monotonic() - begin:.1f} s: {runner.source}")
+
+    def _ready(self, runner: PolicyRunner) -> None:
+        if self.rl_mode:
+            settings = self.config.rl_actor
+            actor = LatentActorRunner(runner, settings.latent, explore=settings.explore, seed=settings.seed,
+                                      initial_log_std=settings.initial_log_std)
+            if self.link is None:
+                from irevla.learner.transport import ZmqLearnerLink
+
+                self.link = ZmqLearnerLink(settings.learner_address, self._learner_token, actor_id=settings.actor_id)
+                self._own_link = True
+            self.core = RlActorCore(actor, self.link, max_episode_steps=settings.max_episode_steps,
+                                    report=self.get_logger().error)
+            self.get_logger().info(f"rl_actor: {settings.latent} latents to the learner at "
+                                   f"{settings.learner_address} as {settings.actor_id!r}; call ~/start_episode")
+            runner = actor
+        self.runner = runner
         self._announce()
 
     def _announce(self) -> None:
         assert self.runner is not None
         info = self.runner.info() | {"mode": self.config.mode, "instruction": self.config.instruction,
                                      "control_hz": self.config.control_hz}
+        if self.core is not None:
+            info |= {"learner": self.config.rl_actor.learner_address, "actor_id": self.config.rl_actor.actor_id,
+                     "episode": self.core.episode, "episode_running": self.core.active}
         self.info_publisher.publish(String(data=json.dumps(info)))
+
+    def close(self) -> None:
+        if self._own_link and self.link is not None:
+            self.link.close(flush_timeout_s=self.config.rl_actor.flush_timeout)
+            self._own_link = False
 
     # ------------------------------------------------------------------------------------------------ caches
     def _on_image(self, camera: str, message: Image) -> None:
@@ -122,9 +199,49 @@ class VLAPolicyNode(Node):
         except ConversionError as exc:
             self.get_logger().warning(str(exc), throttle_duration_sec=5.0)
 
+    def _on_human(self, message: JointState) -> None:
+        runner = self.runner
+        if runner is None:
+            return
+        frame = message.header.frame_id or "base"
+        try:
+            values, meta = action_values_from_joint_state(message, runner.action_spec.names)
+            if frame != runner.action_spec.frame:
+                raise ConversionError(f"frame {frame!r}, the policy acts in {runner.action_spec.frame!r}")
+        except ConversionError as exc:
+            self.get_logger().warning(f"teleop action ignored: {exc}", throttle_duration_sec=5.0)
+            return
+        self.human.put(stamp_to_seconds(message.header.stamp), (values, meta.get(META_INTERVENTION, 0.0) > 0.5))
+
     def _skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         self.get_logger().warning(f"step skipped: {reason}", throttle_duration_sec=2.0)
+
+    def _observe(self, newer_than: float = 0.0) -> tuple[Observation | None, str]:
+        """(the observation from the newest image of every camera and the newest state, "") or (None, why not):
+        every part must be younger than max_observation_age and stamped after `newer_than`."""
+        runner = self.runner
+        now, max_age = wall_time(), self.config.max_observation_age
+        oldest = max(now - max_age, newer_than)
+        since = " taken since the episode started" if newer_than > now - max_age else ""
+        images, stamps = {}, []
+        for camera in runner.cameras:
+            stamp, image = self.images[camera].get()
+            if image is None or stamp < oldest:
+                return None, f"no image from {camera} younger than {max_age:.2f} s{since}"
+            images[camera], stamps = image, stamps + [stamp]
+        state_stamp, proprio = self.state.get()
+        if proprio is None or state_stamp < oldest:
+            return None, f"no robot state younger than {max_age:.2f} s{since}"
+        return runner.observation(images, proprio, self.config.instruction, min(stamps)), ""
+
+    def _human_action(self) -> np.ndarray | None:
+        """Teleop's action while a human has taken over (its intervention flag, fresh), else None."""
+        stamp, value = self.human.get()
+        if value is None or wall_time() - stamp > self.config.max_observation_age:
+            return None
+        values, intervening = value
+        return values if intervening else None
 
     # -------------------------------------------------------------------------------------------------- step
     def _step(self) -> None:
@@ -132,33 +249,111 @@ class VLAPolicyNode(Node):
         runner = self.runner
         if runner is None:
             return
-        now = wall_time()
-        max_age = self.config.max_observation_age
-        images, stamps = {}, []
-        for camera in runner.cameras:
-            stamp, image = self.images[camera].get()
-            if image is None or now - stamp > max_age:
-                self._skip(f"no image from {camera} younger than {max_age:.2f} s")
-                return
-            images[camera], stamps = image, stamps + [stamp]
-        state_stamp, proprio = self.state.get()
-        if proprio is None or now - state_stamp > max_age:
-            self._skip(f"no robot state younger than {max_age:.2f} s")
+        core = self.core
+        if core is not None and not core.active:
+            return  # between episodes: nothing to do; franka_control holds the arm
+        observation, why_not = self._observe(self.episode_started_at if core is not None else 0.0)
+        if observation is None:
+            self._skip(why_not)
             return
-        observed_at = min(stamps)
-        observation = runner.observation(images, proprio, self.config.instruction, observed_at)
+        intervention = None
         begin = time.perf_counter()
         try:
-            action = runner.act(observation)
+            if core is None:
+                action = runner.act(observation)
+            elif core.time_up:
+                self._time_up(observation)
+                return
+            else:
+                action, intervention = core.step(observation, self._human_action())
         except Exception as exc:  # noqa: BLE001 -- a NaN from the network must stop the arm, not the node
             self._skip(f"policy failed: {exc}")
             return
         self.inference_seconds.append(time.perf_counter() - begin)
+        observed_at = observation.timestamp
         self.action_publisher.publish(action_to_joint_state(action, runner.action_spec.names, observed_at,
-                                                            runner.action_spec.frame, policy_version=runner.version))
+                                                            runner.action_spec.frame, policy_version=runner.version,
+                                                            intervention=intervention))
         newest_image = max(self._receive_times[c] for c in runner.cameras)
         self.image_to_action_seconds.append(time.monotonic() - newest_image)
         self.steps += 1
+
+    # ---------------------------------------------------------------------------------------------- episodes
+    def _time_up(self, observation: Observation) -> None:
+        if self.config.rl_actor.on_time_limit == "wait":
+            self._skip(f"time limit of {self.config.rl_actor.max_episode_steps} steps reached: waiting for "
+                       "~/end_episode_success or ~/end_episode_failure")
+            return
+        try:
+            summary = self.core.end_episode(observation, success=False)
+        except RuntimeError:
+            return  # a label arrived meanwhile
+        self._episode_event("rl_episode_end", summary | {"reason": "time limit"})
+
+    def _episode_event(self, kind: str, fields: dict) -> None:
+        self.event_publisher.publish(String(data=json.dumps({"event": kind, "stamp": wall_time(), **fields})))
+        self.get_logger().info(f"{kind}: {json.dumps(fields)}")
+        self._announce()
+
+    def _reset_robot(self) -> str:
+        """'' after franka_control's reset succeeded, else why it did not."""
+        service, timeout = self.config.topics.reset_service, self.config.rl_actor.reset_timeout
+        if not self.reset_client.wait_for_service(timeout_sec=min(timeout, 5.0)):
+            return f"reset service {service} is not available (is franka_control running?)"
+        done = threading.Event()
+        future = self.reset_client.call_async(Trigger.Request())
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout):
+            return f"{service} did not answer within {timeout:.0f} s"
+        response = future.result()
+        if response is None or not response.success:
+            return f"reset failed: {response.message if response is not None else future.exception()}"
+        return ""
+
+    def _srv_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        core = self.core
+        if core is None:
+            response.success, response.message = False, (f"the policy is not loaded: {self.load_error}"
+                                                         if self.load_error else "the policy is still loading")
+            return response
+        if core.active:
+            response.success, response.message = False, (f"episode {core.episode} is running ({core.steps} "
+                                                         "steps); end it first")
+            return response
+        if self.config.rl_actor.reset_before_episode:
+            failure = self._reset_robot()
+            if failure:
+                response.success, response.message = False, failure
+                return response
+        self.episode_started_at = wall_time()
+        try:
+            episode = core.begin_episode()
+        except RuntimeError as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        self._episode_event("rl_episode_start", {"episode": episode, "policy_version": self.runner.version})
+        response.success, response.message = True, f"episode {episode} started (head version {self.runner.version})"
+        return response
+
+    def _srv_end(self, response: Trigger.Response, success: bool) -> Trigger.Response:
+        core = self.core
+        if core is None or not core.active:
+            response.success, response.message = False, "no episode is running"
+            return response
+        observation, why_not = self._observe()
+        if observation is None:
+            response.success, response.message = False, f"cannot end the episode yet: {why_not}"
+            return response
+        try:
+            summary = core.end_episode(observation, success)
+        except Exception as exc:  # noqa: BLE001 -- told to the caller; the episode stays open
+            response.success, response.message = False, f"{type(exc).__name__}: {exc}"
+            return response
+        self._episode_event("rl_episode_end", summary | {"reason": "label"})
+        response.success = True
+        response.message = (f"episode {summary['episode']} ended ({'success' if success else 'failure'}, "
+                            f"{summary['steps']} steps, {summary['interventions']} interventions)")
+        return response
 
     def latency_summary(self) -> dict:
         def percentiles(values) -> dict:
