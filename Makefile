@@ -36,6 +36,7 @@ bench: system-deps venv-test
 	$(PY) bench/bench_dataset.py
 	$(PY) bench/bench_robot.py
 	$(PY) bench/bench_policy.py
+	$(PY) bench/bench_learner.py
 
 lint: venv-test
 	$(VENV)/bin/ruff check irevla tests bench
