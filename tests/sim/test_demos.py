@@ -153,7 +153,9 @@ def test_kitchen_demos_record_ee_delta_episodes(tmp_path):
 
 
 def test_irevla_demo_can_be_run_again(tmp_path, capsys):
-    for _ in range(2):  # `make demo` twice: the second run finds the episodes and only prints the summary
-        assert main(["demo", "--out", str(tmp_path), "--episodes", "1"]) == 0
+    for _ in range(2):  # recording twice with --resume: the second run finds the episodes, writes none
+        assert main(["demos", "sim", "--tasks", "button-press-v3", "drawer-open-v3", "--episodes", "1",
+                     "--image-size", "64", "--out", str(tmp_path), "--resume"]) == 0
+    assert main(["data", "info", str(tmp_path)]) == 0
     assert len(EpisodeStore(tmp_path).paths()) == 2  # two tasks x one episode, no duplicates
     assert "metaworld/drawer-open-v3" in capsys.readouterr().out
