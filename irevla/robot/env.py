@@ -50,7 +50,7 @@ class RobotEnv(ContractEnv):
         from std_msgs.msg import Bool, String
         from std_srvs.srv import Trigger
 
-        from irevla.robot.ros_edge import COMMAND_QOS, SENSOR_QOS
+        from irevla.robot.ros_edge import COMMAND_QOS, SENSOR_QOS, STREAM_EVENTS
 
         self.config = config = config or RobotEnvConfig()
         self.action_spec = robot_action_spec()
@@ -76,13 +76,14 @@ class RobotEnv(ContractEnv):
 
         self._image_to_rgb, self._stamp = image_to_rgb, stamp_to_seconds
         for camera, topic in config.cameras.topic_of().items():
-            self.node.create_subscription(Image, topic, lambda m, c=camera: self._on_image(c, m), SENSOR_QOS)
+            self.node.create_subscription(Image, topic, lambda m, c=camera: self._on_image(c, m), SENSOR_QOS,
+                                          event_callbacks=STREAM_EVENTS)
         self.node.create_subscription(
             JointState, config.topics.robot_state,
             lambda m: self._set("_state", (stamp_to_seconds(m.header.stamp), proprio_from_joint_state(m))),
-            SENSOR_QOS)
+            SENSOR_QOS, event_callbacks=STREAM_EVENTS)
         self.node.create_subscription(Bool, config.success_topic, lambda m: self._set("_success", bool(m.data)),
-                                      SENSOR_QOS)
+                                      SENSOR_QOS, event_callbacks=STREAM_EVENTS)
         self.node.create_subscription(String, config.topics.control_status, lambda m: self._set("_status", m.data),
                                       SENSOR_QOS)
         self._publisher = self.node.create_publisher(JointState, config.topics.action, COMMAND_QOS)

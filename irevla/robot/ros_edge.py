@@ -8,7 +8,8 @@ never do.
   them back (overrides from ``--params-file`` / launch files win) and validates them into the model; a bad value
   raises `irevla.config.ConfigError` naming the node and the parameter.
 * QoS: `SENSOR_QOS` (best effort, keep last 5: images, franka_ros2 state), `COMMAND_QOS` (reliable, keep last 1:
-  commands), `LATCHED_QOS` (reliable, transient local: info published once).
+  commands), `LATCHED_QOS` (reliable, transient local: info published once). Subscribe to streams (sensor data,
+  commands re-sent at a control rate) with ``event_callbacks=STREAM_EVENTS`` (below: why).
 * `run_nodes(make_nodes)` is the body of every console script: init, build, spin a MultiThreadedExecutor,
   shut down cleanly on Ctrl-C or SIGTERM, print configuration errors as one line.
 """
@@ -28,6 +29,11 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
+
 from irevla.config import ConfigError
 from irevla.robot.params import config_from_parameters, flatten
 
@@ -41,6 +47,17 @@ STATE_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPo
                        durability=DurabilityPolicy.VOLATILE)
 LATCHED_QOS = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=1,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+# Stream subscriptions get no QoS-event handlers. rclpy attaches two by default (incompatible QoS / type), and with
+# Fast DDS each puts the DataReader's status condition into the executor's wait set. While a sample waits for a
+# MultiThreadedExecutor worker the subscription itself is left out of the wait set but its events are not; the
+# reader's status condition stays triggered (data pending; cf. rmw_fastrtps#833) and rcl_wait returns at once with
+# nothing ready: the spin thread loops holding the GIL, which in turn delays the worker. Measured: ~2000 empty
+# wake-ups/s, franka_control alone at 1.0 core instead of 0.3, and in one process with sim_robot a 5-11 Hz state
+# stream instead of 100 Hz (docs/benchmarks.md, robot section). What is lost: the log line for a QoS or message-type
+# mismatch on that topic (`ros2 topic info -v` still shows both ends' QoS). Low-rate inputs a person wires up by hand
+# (franka_control's action topic) keep the default handlers and their warning.
+STREAM_EVENTS = SubscriptionEventCallbacks(use_default_callbacks=False)
 
 
 def declare_config(node: Node, model: type[ModelT], initial: ModelT | None = None) -> ModelT:
@@ -79,6 +96,12 @@ def run_nodes(make_nodes: Callable[[], Sequence[Node]], args: Sequence[str] | No
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # Ctrl-C / SIGTERM shut the context down between the executor's own checks: rclpy then raises "failed to
+        # initialize wait set: the given context is not valid" (RCLError) instead of ExternalShutdownException. It is
+        # the same clean stop (seen as exit status 1 under `ros2 launch`-style SIGINT in the end-to-end test).
     finally:
         for node in nodes:
             close = getattr(node, "close", None)

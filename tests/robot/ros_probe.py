@@ -13,6 +13,8 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 
+from irevla.robot.ros_edge import STREAM_EVENTS
+
 
 class Probe(Node):
     def __init__(self, name: str = "test_probe") -> None:
@@ -28,7 +30,8 @@ class Probe(Node):
                 self.latest[topic] = message
                 if keep:
                     self.history.setdefault(topic, []).append((time.monotonic(), message))
-        self.create_subscription(message_type, topic, on_message, qos_profile_sensor_data)
+        self.create_subscription(message_type, topic, on_message, qos_profile_sensor_data,
+                                 event_callbacks=STREAM_EVENTS)  # see ros_edge: QoS-event handlers busy-loop the executor
 
     def get(self, topic: str) -> Any:
         with self._lock:

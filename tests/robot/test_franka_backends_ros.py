@@ -31,6 +31,7 @@ def franka_ros2_body() -> None:
     from irevla.robot.conversions import action_to_joint_state, pose_from_message, pose_to_message
     from irevla.robot.geometry import Pose
     from irevla.robot.nodes.franka_control import FrankaControlNode
+    from irevla.robot.ros_edge import STREAM_EVENTS
 
     class StandInController(Node):
         """Publishes like franka_robot_state_broadcaster (best effort) and follows the target like a stiff
@@ -45,7 +46,9 @@ def franka_ros2_body() -> None:
             self.pose_publisher = self.create_publisher(PoseStamped, "/franka_robot_state_broadcaster/current_pose",
                                                         qos_profile_sensor_data)
             self.fingers = self.create_publisher(JointState, "/franka_gripper/joint_states", qos_profile_sensor_data)
-            self.create_subscription(PoseStamped, "/cartesian_impedance_controller/target_pose", self.on_target, 1)
+            # a 50 Hz stream: without QoS-event handlers, which would make the shared executor spin (see ros_edge)
+            self.create_subscription(PoseStamped, "/cartesian_impedance_controller/target_pose", self.on_target, 1,
+                                     event_callbacks=STREAM_EVENTS)
             self.create_timer(0.01, self.tick)
 
         def on_target(self, message):

@@ -20,7 +20,7 @@ from irevla.robot.config import FrankaControlConfig
 from irevla.robot.control import RobotState
 from irevla.robot.conversions import ConversionError, column_major_matrix_to_pose, stamp_to_seconds
 from irevla.robot.geometry import PoseError
-from irevla.robot.ros_edge import SENSOR_QOS
+from irevla.robot.ros_edge import SENSOR_QOS, STREAM_EVENTS
 from irevla.robot.safety import PoseTarget
 
 ROBOT_MODE_ERRORS = {4: "reflex (a collision or limit violation stopped the robot)",
@@ -41,8 +41,10 @@ class MultipandaBackend:
         self.state = StateAssembler(on_state, node.get_logger())
         self.target = PoseTargetPublisher(node, settings.target_topic, settings.target_type,
                                           config.control.base_frame)
-        node.create_subscription(FrankaState, settings.franka_state_topic, self._on_franka_state, SENSOR_QOS)
-        node.create_subscription(JointState, settings.gripper_joint_states_topic, self.state.fingers, SENSOR_QOS)
+        node.create_subscription(FrankaState, settings.franka_state_topic, self._on_franka_state, SENSOR_QOS,
+                                 event_callbacks=STREAM_EVENTS)
+        node.create_subscription(JointState, settings.gripper_joint_states_topic, self.state.fingers, SENSOR_QOS,
+                                 event_callbacks=STREAM_EVENTS)
         self.gripper = GripperActions(node, settings.gripper) if settings.gripper.enabled else None
         self.recovery = node.create_client(ErrorRecovery, settings.error_recovery_service)
         del franka_msgs

@@ -27,7 +27,7 @@ from irevla.robot.conversions import (
     stamp_to_seconds,
 )
 from irevla.robot.geometry import Pose, PoseError
-from irevla.robot.ros_edge import COMMAND_QOS, SENSOR_QOS, wall_time
+from irevla.robot.ros_edge import COMMAND_QOS, SENSOR_QOS, STREAM_EVENTS, wall_time
 from irevla.robot.safety import PoseTarget
 
 Done = Callable[[bool, str], None]
@@ -137,8 +137,10 @@ class SimBackend:
         self.state = StateAssembler(on_state, node.get_logger())
         self.target = PoseTargetPublisher(node, sim.target_topic, "PoseStamped", config.control.base_frame)
         self.gripper = node.create_publisher(Float64, sim.gripper_command_topic, COMMAND_QOS)
-        node.create_subscription(PoseStamped, sim.current_pose_topic, self.state.pose_message, SENSOR_QOS)
-        node.create_subscription(JointState, sim.gripper_joint_states_topic, self.state.fingers, SENSOR_QOS)
+        node.create_subscription(PoseStamped, sim.current_pose_topic, self.state.pose_message, SENSOR_QOS,
+                                 event_callbacks=STREAM_EVENTS)
+        node.create_subscription(JointState, sim.gripper_joint_states_topic, self.state.fingers, SENSOR_QOS,
+                                 event_callbacks=STREAM_EVENTS)
         self.reset_client = node.create_client(Trigger, sim.reset_service)
         self.reset_service = sim.reset_service
 
@@ -177,8 +179,10 @@ class FrankaRos2Backend:
         self.state = StateAssembler(on_state, node.get_logger())
         self.target = PoseTargetPublisher(node, settings.target_topic, settings.target_type,
                                           config.control.base_frame)
-        node.create_subscription(PoseStamped, settings.current_pose_topic, self.state.pose_message, SENSOR_QOS)
-        node.create_subscription(JointState, settings.gripper_joint_states_topic, self.state.fingers, SENSOR_QOS)
+        node.create_subscription(PoseStamped, settings.current_pose_topic, self.state.pose_message, SENSOR_QOS,
+                                 event_callbacks=STREAM_EVENTS)
+        node.create_subscription(JointState, settings.gripper_joint_states_topic, self.state.fingers, SENSOR_QOS,
+                                 event_callbacks=STREAM_EVENTS)
         self.gripper = GripperActions(node, settings.gripper) if settings.gripper.enabled else None
         self._recovery_client = None
 

@@ -30,7 +30,15 @@ from irevla.robot.conversions import (
 )
 from irevla.robot.keyboard import TerminalKeys
 from irevla.robot.recorder import KEY_HELP, RecorderCore
-from irevla.robot.ros_edge import COMMAND_QOS, SENSOR_QOS, STATE_QOS, declare_config, run_nodes, wall_time
+from irevla.robot.ros_edge import (
+    COMMAND_QOS,
+    SENSOR_QOS,
+    STATE_QOS,
+    STREAM_EVENTS,
+    declare_config,
+    run_nodes,
+    wall_time,
+)
 
 
 class RecorderNode(Node):
@@ -42,8 +50,9 @@ class RecorderNode(Node):
         self.events = self.create_publisher(String, config.topics.episode_event, STATE_QOS)
         for camera, topic in config.cameras.topic_of().items():
             self.create_subscription(Image, topic, lambda message, camera=camera: self._on_image(camera, message),
-                                     SENSOR_QOS)
-        self.create_subscription(JointState, config.topics.robot_state, self._on_state, SENSOR_QOS)
+                                     SENSOR_QOS, event_callbacks=STREAM_EVENTS)
+        self.create_subscription(JointState, config.topics.robot_state, self._on_state, SENSOR_QOS,
+                                 event_callbacks=STREAM_EVENTS)
         self.create_subscription(JointState, config.topics.action, self._on_action, COMMAND_QOS)
         services = ReentrantCallbackGroup()
         self.create_service(Trigger, "~/start", self._srv_start, callback_group=services)

@@ -59,6 +59,7 @@ from irevla.robot.ros_edge import (
     LATCHED_QOS,
     SENSOR_QOS,
     STATE_QOS,
+    STREAM_EVENTS,
     declare_config,
     run_nodes,
     wall_time,
@@ -107,8 +108,9 @@ class VLAPolicyNode(Node):
         self._receive_times = {camera: 0.0 for camera in config.cameras.names}
         for camera, topic in config.cameras.topic_of().items():
             self.create_subscription(Image, topic, lambda message, camera=camera: self._on_image(camera, message),
-                                     SENSOR_QOS)
-        self.create_subscription(JointState, config.topics.robot_state, self._on_state, SENSOR_QOS)
+                                     SENSOR_QOS, event_callbacks=STREAM_EVENTS)
+        self.create_subscription(JointState, config.topics.robot_state, self._on_state, SENSOR_QOS,
+                                 event_callbacks=STREAM_EVENTS)
         self.action_publisher = self.create_publisher(JointState, config.topics.action, COMMAND_QOS)
         self.info_publisher = self.create_publisher(String, config.topics.policy_info, LATCHED_QOS)
         if self.rl_mode:
