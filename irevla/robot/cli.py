@@ -116,6 +116,8 @@ def run_stack(plan: dict[str, Any], duration: float | None = None, threads: int 
     nodes = []
     executor = MultiThreadedExecutor(num_threads=threads)
     stop = threading.Event()
+    spinner: threading.Thread | None = None
+    timer: threading.Timer | None = None
     try:
         for name, config in plan.items():
             node = builders[name](config)
@@ -124,7 +126,8 @@ def run_stack(plan: dict[str, Any], duration: float | None = None, threads: int 
         print(f"irevla robot up: {', '.join(plan)} running in one process"
               + (f" for {duration:g} s" if duration else "; Ctrl-C to stop"), flush=True)
         if duration:
-            threading.Timer(duration, stop.set).start()
+            timer = threading.Timer(duration, stop.set)
+            timer.start()
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
         while not stop.wait(0.2):
@@ -133,10 +136,14 @@ def run_stack(plan: dict[str, Any], duration: float | None = None, threads: int 
     except KeyboardInterrupt:
         pass
     finally:
+        if timer is not None:
+            timer.cancel()  # after Ctrl-C: do not wait for the duration to run out at exit
         summary = _summary(nodes)
         for node in nodes:
             node.close() if hasattr(node, "close") else None
         executor.shutdown(timeout_sec=2.0)
+        if spinner is not None:  # a spinner still inside rcl's wait() at interpreter exit aborts the process
+            spinner.join(timeout=10.0)  # ("terminate called without an active exception", rclpy#1484)
         for node in nodes:
             node.destroy_node()
         if rclpy.ok():

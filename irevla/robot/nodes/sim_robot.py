@@ -28,8 +28,8 @@ from irevla.robot.conversions import (
     seconds_to_stamp,
 )
 from irevla.robot.geometry import PoseError
-from irevla.robot.ros_edge import COMMAND_QOS, SENSOR_QOS, declare_config, run_nodes
-from irevla.robot.sim_robot import SimRunner, SimState
+from irevla.robot.ros_edge import COMMAND_QOS, SENSOR_QOS, STREAM_EVENTS, declare_config, run_nodes
+from irevla.robot.sim_robot import SimRunner, SimState, camera_intrinsics
 
 ARM_JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)]
 FINGER_JOINT_NAMES = ["panda_finger_joint1", "panda_finger_joint2"]
@@ -47,14 +47,16 @@ class SimRobotNode(Node):
                                                           SENSOR_QOS) for c in config.cameras}
         self.info_publishers = {c: self.create_publisher(CameraInfo, config.camera_info_topic_pattern.format(camera=c),
                                                          SENSOR_QOS) for c in config.cameras}
-        self.create_subscription(PoseStamped, config.target_topic, self._on_target, COMMAND_QOS)
-        self.create_subscription(Float64, config.gripper_command_topic, self._on_gripper, COMMAND_QOS)
+        # franka_control re-sends both at its tick rate (50 Hz): streams (ros_edge.STREAM_EVENTS says why)
+        self.create_subscription(PoseStamped, config.target_topic, self._on_target, COMMAND_QOS,
+                                 event_callbacks=STREAM_EVENTS)
+        self.create_subscription(Float64, config.gripper_command_topic, self._on_gripper, COMMAND_QOS,
+                                 event_callbacks=STREAM_EVENTS)
         self.create_service(Trigger, config.reset_service, self._on_reset, callback_group=ReentrantCallbackGroup())
-        self._intrinsics: dict = {}
+        self._intrinsics = {c: camera_intrinsics(config, c) for c in config.cameras}
+        # The physics runs in a child process (see SimRunner): in one process with other nodes it keeps real time.
         self.runner = SimRunner(config, self._publish_state, self._publish_images if render else None, render=render)
         self.runner.start()
-        assert self.runner.sim is not None
-        self._intrinsics = {c: self.runner.sim.intrinsics(c) for c in config.cameras}
         self.create_timer(1.0, self._check_runner)
         self.get_logger().info(f"sim_robot up: cameras {list(config.cameras)} at {config.camera_hz:g} Hz, "
                                f"state at {config.state_hz:g} Hz, target on {config.target_topic}")
