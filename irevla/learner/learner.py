@@ -125,9 +125,8 @@ class Learner:
 
     # ----------------------------------------------------------------------------------------------- update
     def updates_allowed(self) -> int:
-        if len(self.online) < max(1, self.config.warmup_transitions) and not len(self.demo):
-            return 0
-        if self.online.transitions_added < self.config.warmup_transitions:
+        """How many updates the data received so far allows (0 before warm-up or with nothing to sample)."""
+        if self.online.transitions_added < self.config.warmup_transitions or not (len(self.online) or len(self.demo)):
             return 0
         if self.config.updates_per_transition == 0:
             return 1 << 30

@@ -326,6 +326,7 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
     actor = LatentActor(policy, rl.latent, seed=rl.seed + state["episodes"],
                         initial_log_std=rl.learner.sac.initial_log_std)
     started = time.monotonic()
+    finished = False
     try:
         while True:
             history = state["history"]
@@ -361,13 +362,14 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
                           "successes": state["successes"], "elapsed": time.monotonic() - started})
         if not link.flush(timeout_s=120):
             log("warning: the learner did not acknowledge every transition before the stop")
+        finished = True
     finally:
         link.close()
         env.close()
         try:
             _stop_learner(process, log)
         except LoopError:
-            if sys.exc_info()[0] is None:
+            if finished:  # a learner failure matters only if the actor's own error is not already on its way
                 raise
     head, _ = load_head(stage_dir / "learner" / "head.safetensors")
     merged = policy.head_state()

@@ -256,9 +256,7 @@ class PPOAgent:
 
     def actor_state(self, state: PPOState) -> dict[str, np.ndarray]:
         """The policy head's parameters with torch names (``mlp.*`` only in pooled mode) -- what the VLA loads."""
-        tree = flax.core.unfreeze(state.actor_params) if isinstance(state.actor_params, flax.core.FrozenDict) \
-            else state.actor_params
-        return state_from_params(tree)
+        return state_from_params(state.actor_params)
 
     @staticmethod
     def exploration_log_std(state: PPOState) -> np.ndarray:
