@@ -17,6 +17,7 @@ from pathlib import Path
 from irevla.data.episode import Episode, EpisodeBuilder
 from irevla.data.store import EpisodeStore
 from irevla.policy.vla import VLAPolicy
+from irevla.sim.episode_loop import EpisodeStepper
 from irevla.sim.episode_loop import run_episode as run_episode_with
 from irevla.spec import Observation
 
@@ -69,42 +70,73 @@ def run_episode(env, policy: VLAPolicy, seed: int, builder: EpisodeBuilder | Non
 def evaluate_policy(policy: VLAPolicy, tasks: Sequence[str], episodes: int = 10, family: str = "metaworld",
                     seed: int = EVAL_SEED_START, image_size: int | None = None, max_episode_steps: int | None = None,
                     variation: str = "", variation_seed: int = 0, record_dir: str | Path | None = None,
-                    progress: Callable[[str], None] | None = None) -> EvaluationReport:
+                    progress: Callable[[str], None] | None = None, parallel_envs: int = 1) -> EvaluationReport:
     """Success rate of `policy` on each task over `episodes` seeded episodes (seeds ``seed .. seed + episodes - 1``).
 
-    `image_size` defaults to the size of the policy's training images; cameras are the policy's.
+    `image_size` defaults to the size of the policy's training images; cameras are the policy's. With
+    `parallel_envs` > 1 that many envs of a task run side by side and one `act_batch` call serves all their current
+    observations (the per-call overhead of a small network dominates on a CPU); every episode still has its own
+    seed and env, so the episodes are the same ones, only batched.
     """
     from irevla.sim.registry import make_env_by_name
 
+    if parallel_envs < 1:
+        raise ValueError(f"evaluate_policy: parallel_envs must be >= 1, got {parallel_envs}")
     if image_size is None:
         image_size = policy.observation_spec.cameras[policy.cameras[0]][0]
     store = EpisodeStore(record_dir) if record_dir is not None else None
     report = EvaluationReport()
     for task in tasks:
-        env = make_env_by_name(family, task, cameras=policy.cameras, image_size=image_size,
-                               max_episode_steps=max_episode_steps, variation=variation,
-                               variation_seed=variation_seed)
-        result = TaskEvaluation(task=task)
-        report.tasks.append(result)
-        start = time.perf_counter()
+        envs = [make_env_by_name(family, task, cameras=policy.cameras, image_size=image_size,
+                                 max_episode_steps=max_episode_steps, variation=variation,
+                                 variation_seed=variation_seed) for _ in range(min(parallel_envs, episodes))]
+        metadata = {"policy": policy.checkpoint_id or "", "variation": variation, "variation_seed": variation_seed}
         try:
-            for episode_seed in range(seed, seed + episodes):
-                builder = None
-                if store is not None:
-                    builder = EpisodeBuilder(env.task_spec, source="rl", metadata={
-                        "seed": episode_seed, "policy": policy.checkpoint_id or "", "variation": variation,
-                        "variation_seed": variation_seed})
-                success, steps, episode = run_episode(env, policy, episode_seed, builder)
-                if store is not None:
-                    store.write(episode)
-                result.episodes += 1
-                result.successes += int(success)
-                result.steps += steps
-                result.seeds.append(episode_seed)
-                result.outcomes.append(success)
-                if progress is not None:
-                    progress(f"{task} seed {episode_seed}: {'success' if success else 'failure'} after {steps} steps")
+            report.tasks.append(_evaluate_task(policy, task, envs, list(range(seed, seed + episodes)), store,
+                                               metadata, progress))
         finally:
-            result.seconds = time.perf_counter() - start
-            env.close()
+            for env in envs:
+                env.close()
     return report
+
+
+def _evaluate_task(policy: VLAPolicy, task: str, envs: list, seeds: list[int], store: EpisodeStore | None,
+                   metadata: dict, progress: Callable[[str], None] | None) -> TaskEvaluation:
+    """The episodes of `seeds`, as many at a time as there are `envs`, with one batched policy call per step."""
+    pending = list(seeds)
+    outcomes: dict[int, tuple[bool, int]] = {}
+    start = time.perf_counter()
+
+    def begin(env) -> EpisodeStepper | None:
+        if not pending:
+            return None
+        episode_seed = pending.pop(0)
+        builder = None
+        if store is not None:
+            builder = EpisodeBuilder(env.task_spec, source="rl", metadata={"seed": episode_seed, **metadata})
+        return EpisodeStepper(env, episode_seed, builder)
+
+    running = [begin(env) for env in envs]
+    while any(running):
+        active = [i for i, stepper in enumerate(running) if stepper is not None]
+        actions = policy.act_batch([Observation.from_gym(running[i].obs) for i in active])
+        for i, action in zip(active, actions, strict=True):
+            stepper = running[i]
+            if not stepper.step(action.values):
+                continue
+            success, steps, episode = stepper.result()
+            if store is not None:
+                store.write(episode)
+            outcomes[stepper.seed] = (success, steps)
+            if progress is not None:
+                progress(f"{task} seed {stepper.seed}: {'success' if success else 'failure'} after {steps} steps")
+            running[i] = begin(envs[i])
+    result = TaskEvaluation(task=task, seconds=time.perf_counter() - start)
+    for episode_seed in sorted(outcomes):  # in seed order, whatever order the episodes ended in
+        success, steps = outcomes[episode_seed]
+        result.episodes += 1
+        result.successes += int(success)
+        result.steps += steps
+        result.seeds.append(episode_seed)
+        result.outcomes.append(success)
+    return result

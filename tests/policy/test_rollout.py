@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from policy_factory import tiny_config
 from test_sft_cli import run
@@ -45,3 +46,34 @@ def test_policy_eval_command(tmp_path, capsys):
     assert "reach-v3" in capsys.readouterr().out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["tasks"][0]["episodes"] == 1 and report["tasks"][0]["steps"] == 3
+
+
+def test_batched_evaluation_runs_the_same_episodes(tmp_path):
+    """Envs stepped side by side with one act_batch call: the same seeds give the same recorded episodes as one env
+    at a time, and more episodes than envs reuse each env (one reset per seed)."""
+    torch.manual_seed(0)
+    policy = _policy_for("reach-v3")
+    kwargs = dict(episodes=5, max_episode_steps=6)
+    one = evaluate_policy(policy, ["reach-v3"], record_dir=tmp_path / "one", **kwargs)
+    batched = evaluate_policy(policy, ["reach-v3"], record_dir=tmp_path / "batched", parallel_envs=3, **kwargs)
+    assert batched.tasks[0].seeds == one.tasks[0].seeds == list(range(EVAL_SEED_START, EVAL_SEED_START + 5))
+    assert batched.tasks[0].outcomes == one.tasks[0].outcomes and batched.tasks[0].steps == one.tasks[0].steps == 30
+
+    def by_seed(directory):
+        return {e.metadata["seed"]: e for e in EpisodeStore(directory).episodes()}
+
+    sequential, side_by_side = by_seed(tmp_path / "one"), by_seed(tmp_path / "batched")
+    assert sorted(side_by_side) == sorted(sequential)
+    for seed, episode in sequential.items():
+        other = side_by_side[seed]
+        np.testing.assert_allclose(other.actions, episode.actions, atol=1e-5)
+        np.testing.assert_array_equal(other.proprio, episode.proprio)
+        np.testing.assert_array_equal(other.observation(0).images[policy.cameras[0]],
+                                      episode.observation(0).images[policy.cameras[0]])
+    camera = policy.cameras[0]
+    assert len({e.observation(0).images[camera].tobytes() for e in sequential.values()}) > 1  # seeds differ
+
+
+def test_batched_evaluation_refuses_zero_envs():
+    with pytest.raises(ValueError, match="parallel_envs"):
+        evaluate_policy(_policy_for("reach-v3"), ["reach-v3"], episodes=1, parallel_envs=0)
