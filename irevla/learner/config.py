@@ -32,6 +32,10 @@ class SACConfig(ConfigModel):
     critic_hidden: tuple[int, ...] | None = Field(default=None, description="critic MLP widths (default: the "
                                                                             "actor head's)")
     grad_clip: float = Field(default=10.0, gt=0)
+    critic_zero_output: bool = Field(default=True, description=(
+        "critics start with a zero output layer: Q = 0 everywhere, so the actor gets no Q-gradient until the "
+        "critic has learned from data (a random output layer's gradients dragged the SFT head off for the first "
+        "thousands of updates)"))
 
     def check(self) -> None:
         if self.critic_subsample > self.num_critics:

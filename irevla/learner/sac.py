@@ -103,6 +103,10 @@ class SACAgent:
         action = jnp.zeros((1, self.action_dim), jnp.float32)
         critic_params = self.critics.init(critic_key, latent, mask, self.spec.proprio_to_unit(proprio),
                                           action)["params"]
+        if self.config.critic_zero_output:
+            out = critic_params["mlp"]["out"]
+            critic_params = {**critic_params, "mlp": {**critic_params["mlp"], "out": jax.tree.map(jnp.zeros_like,
+                                                                                                   out)}}
         log_std = jnp.full((self.action_dim,), self.config.initial_log_std, jnp.float32)
         log_alpha = jnp.asarray(np.log(self.config.initial_temperature), jnp.float32)
         return SACState(actor_params=actor_params, log_std=log_std, critic_params=critic_params,

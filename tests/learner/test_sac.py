@@ -88,3 +88,28 @@ def test_state_round_trips_through_named_arrays():
         np.testing.assert_array_equal(value, arrays[name])
     with pytest.raises(ValueError, match="missing"):
         sac_state_from_arrays(state, {}, "snapshot.safetensors")
+
+
+def test_fresh_critics_give_no_q_gradient_to_the_actor():
+    """Zero output layer: Q = 0 for any input, so until the critic learns, the actor loss cannot drag a pretrained
+    head anywhere (only BC and entropy act); with the option off, a random critic does give a gradient."""
+    import jax
+    import jax.numpy as jnp
+
+    spec = point_spec()
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(8, *spec.latent_shape)).astype(np.float32)
+    proprio = rng.normal(size=(8, spec.proprio_dim)).astype(np.float32)
+    action = rng.uniform(-1, 1, (8, spec.action_dim)).astype(np.float32)
+
+    def q_and_action_gradient(zero_output: bool):
+        agent = SACAgent(spec, SACConfig(num_critics=3, critic_zero_output=zero_output))
+        state = agent.init(None, seed=0)
+        q = agent._q(state.critic_params, latent, None, proprio, action)
+        grad = jax.grad(lambda a: agent._q(state.critic_params, latent, None, proprio, a).mean())(jnp.asarray(action))
+        return np.asarray(q), np.asarray(grad)
+
+    q, grad = q_and_action_gradient(True)
+    assert q.shape == (3, 8) and not q.any() and not grad.any()
+    q, grad = q_and_action_gradient(False)
+    assert np.abs(q).max() > 1e-3 and np.abs(grad).max() > 1e-4
