@@ -87,13 +87,17 @@ class LatentActor:
 
 
 def run_rl_episode(env, actor: LatentActor, link, episode_index: int, seed: int, explore: bool,
-                   builder: EpisodeBuilder) -> tuple[bool, int, Episode]:
-    """One episode: stream transitions + the success label to `link`, record the images in `builder`."""
+                   builder: EpisodeBuilder, follow_learner: bool = True) -> tuple[bool, int, Episode]:
+    """One episode: stream transitions + the success label to `link`, record the images in `builder`.
+
+    With `follow_learner` the head the learner publishes is applied between steps; without it the actor keeps its
+    current head (the demo rollouts that seed the demo buffer are the starting VLA's, as in the paper).
+    """
     step = 0
 
     def act(obs: dict, info: dict) -> np.ndarray:
         nonlocal step
-        head = link.poll_head()
+        head = link.poll_head() if follow_learner else None
         if head is not None:
             actor.apply_head(*head)
         observation = Observation.from_gym(obs)

@@ -154,7 +154,8 @@ def stage_eval(config: IterateConfig, policy_path: str, log: Log) -> dict:
         for ref in tasks:
             report = evaluate_policy(policy, [ref.task], episodes=config.eval.episodes, family=config.family,
                                      seed=config.eval.seed, max_episode_steps=config.eval.max_episode_steps,
-                                     variation=ref.variation, variation_seed=ref.variation_seed)
+                                     variation=ref.variation, variation_seed=ref.variation_seed,
+                                     parallel_envs=config.eval.parallel_envs)
             task = report.tasks[0]
             results[group][ref.label] = {"successes": task.successes, "episodes": task.episodes,
                                          "rate": task.success_rate, "seconds": round(task.seconds, 1)}
@@ -342,8 +343,11 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
                 "task": ref.task, "variation": ref.variation, "variation_seed": ref.variation_seed,
                 "stage": f"rl-{k}", "episode": episode_index, "explore": not collecting})
             seed = 10_000 * (rl.seed + 1) + episode_index
+            # While collecting the demo rollouts the actor keeps the starting head: they are the current VLA's
+            # successes (the paper's 20), not a mix of whatever heads the learner published meanwhile.
             success, steps, episode = run_rl_episode(env, actor, link, episode_index, seed,
-                                                     explore=not collecting, builder=builder)
+                                                     explore=not collecting, builder=builder,
+                                                     follow_learner=not collecting)
             if success:
                 d_rl.write(episode)  # D_RL: every success of stage 1, kept for stage 2
             state["episodes"] += 1
@@ -377,10 +381,53 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
     policy.load_head_state(merged, where=str(stage_dir / "learner" / "head.safetensors"))
     save_policy(policy, stage_dir / "policy", info={"stage": f"rl-{k}", "task": ref.label,
                                                     "episodes": state["episodes"], "env_steps": state["env_steps"]})
+    final = _final_rollouts(config, ref, k, policy, state, progress_file, d_rl, image_size, log)
     explored = [h for h in state["history"] if h["explore"]]
     return {"policy": str(stage_dir / "policy"), "episodes": state["episodes"], "env_steps": state["env_steps"],
             "successes": state["successes"], "demo_rollout_successes": state["demo_successes"],
-            "explore_success": float(np.mean([h["success"] for h in explored])) if explored else None}
+            "explore_success": float(np.mean([h["success"] for h in explored])) if explored else None,
+            "final_successes": int(sum(final)), "final_rollouts": len(final),
+            "final_success": float(np.mean(final)) if final else None}
+
+
+FINAL_SEED_START = 50_000  # away from the RL episodes' (10_000 + ...) and evaluation's (100_000 + ...) seeds
+
+
+def _final_rollouts(config: IterateConfig, ref: TaskRef, k: int, policy, state: dict, progress_file: Path, d_rl,
+                    image_size: int, log: Log) -> list[bool]:
+    """The RL head's own result: `rl.final_rollouts` episodes of the final mean policy; successes go to D_RL.
+
+    Exploring episodes succeed less often than the mean policy they explore around, so without these D_RL would
+    hold few trajectories of the improved behaviour for stage 2 to consolidate. Progress is kept in actor.json
+    (``final``), so a resumed stage does not repeat finished episodes.
+    """
+    from irevla.data.episode import EpisodeBuilder
+    from irevla.policy.rollout import run_episode
+    from irevla.sim.registry import make_env_by_name
+
+    rl = config.rl
+    outcomes: list[bool] = state.setdefault("final", [])
+    if len(outcomes) >= rl.final_rollouts:
+        return outcomes[:rl.final_rollouts]
+    env = make_env_by_name(config.family, ref.task, cameras=policy.cameras, image_size=image_size,
+                           max_episode_steps=rl.max_episode_steps, variation=ref.variation,
+                           variation_seed=ref.variation_seed)
+    try:
+        while len(outcomes) < rl.final_rollouts:
+            index = len(outcomes)
+            seed = FINAL_SEED_START + 1000 * rl.seed + index
+            builder = EpisodeBuilder(env.task_spec, source="rl", round=k, metadata={
+                "task": ref.task, "variation": ref.variation, "variation_seed": ref.variation_seed,
+                "stage": f"rl-{k}", "final_rollout": index, "seed": seed, "explore": False})
+            success, _, episode = run_episode(env, policy, seed, builder)
+            if success:
+                d_rl.write(episode)
+            outcomes.append(bool(success))
+            atomic_write_text(progress_file, json.dumps(state))
+    finally:
+        env.close()
+    log(f"rl-{k}: the final head succeeded in {sum(outcomes)}/{len(outcomes)} episodes (kept in D_RL)")
+    return outcomes
 
 
 # --------------------------------------------------------------------------------------------------- the loop

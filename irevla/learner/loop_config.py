@@ -48,6 +48,9 @@ class RLConfig(ConfigModel):
     plateau_success: float = Field(default=0.95, gt=0, le=1, description="stop early once the rolling success of "
                                                                          "exploring episodes reaches this")
     max_episode_steps: int | None = Field(default=None, gt=0, description="time limit (default: the task's)")
+    final_rollouts: int = Field(default=20, ge=0, description=(
+        "after the learner stops: episodes of the final head's mean (the deployed policy) on the task; their "
+        "successes join D_RL and their rate is the stage's own result (RL head, before stage 2)"))
     learner: LearnerConfig = LearnerConfig()
     ppo: dict = Field(default_factory=dict, description="PPO settings (irevla.learner.ppo.PPOConfig)")
     learner_threads: int = Field(default=1, ge=1, description="CPU threads of the learner process")
@@ -73,6 +76,8 @@ class EvalConfig(ConfigModel):
     episodes: int = Field(default=20, ge=1, description="episodes per task in each evaluation")
     seed: int = Field(default=100_000, description="first reset seed (away from demo and RL seeds)")
     max_episode_steps: int | None = Field(default=None, gt=0)
+    parallel_envs: int = Field(default=10, ge=1, description="envs per task stepped side by side with one batched "
+                                                             "policy call (same episodes, less per-call overhead)")
 
 
 class IterateConfig(ConfigModel):

@@ -99,12 +99,14 @@ def format_markdown(report: dict) -> str:
                          f"{values['change_points']:+.1f} points |")
         lines.append("")
     if report["rl"]:
-        lines += ["| RL stage | episodes | env steps | successes | success while exploring | seconds |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| RL stage | episodes | env steps | successes | success while exploring | final head "
+                  "(deterministic) | seconds |", "|---|---|---|---|---|---|---|"]
         for name, out in report["rl"].items():
-            explore = out.get("explore_success")
+            explore, final = out.get("explore_success"), out.get("final_success")
+            final_text = "" if final is None else f"{final:.2f} ({out['final_successes']}/{out['final_rollouts']})"
             lines.append(f"| {name} | {out['episodes']} | {out['env_steps']} | {out['successes']} | "
-                         f"{'' if explore is None else f'{explore:.2f}'} | {out.get('seconds', '')} |")
+                         f"{'' if explore is None else f'{explore:.2f}'} | {final_text} | "
+                         f"{out.get('seconds', '')} |")
         lines.append("")
     lines += ["Stage times (s): " + ", ".join(f"{k} {v}" for k, v in report["stage_seconds"].items()), ""]
     return "\n".join(lines)

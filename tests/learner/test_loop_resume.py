@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from irevla.data.store import EpisodeStore
+
 pytest.importorskip("jax")
 pytest.importorskip("metaworld")
 
@@ -34,6 +36,7 @@ def _config(run_dir: Path, sft_steps: int = 20) -> dict:
         "rl_tasks": [{"task": "button-press-v3", "variation": "hand:0.06,0,0"}],
         "unseen_tasks": [{"task": "button-press-v3", "variation": "color:red"}],
         "rl": {"demo_rollouts": 1, "demo_rollout_attempts": 1, "max_env_steps": 600, "max_episode_steps": 100,
+               "final_rollouts": 2,
                "learner": {"warmup_transitions": 20, "publish_every": 2, "snapshot_every_s": 1.0,
                            "sac": {"num_critics": 2, "batch_size": 16}}},
         "stage2": {"steps": 10},
@@ -103,6 +106,11 @@ def test_kill_during_sft_and_during_rl_then_resume(tmp_path):
     # Nothing collected before the kill was lost, and RL continued counting from where it was.
     assert trajectories_before <= _episodes(run_dir / "d_rl")
     assert json.loads(progress.read_text())["episodes"] >= episodes_before
+    # The final head's own episodes ran once each; their successes are in D_RL.
+    rl_out = state["stages"]["rl-1"]
+    assert rl_out["final_rollouts"] == 2 and len(json.loads(progress.read_text())["final"]) == 2
+    finals = [e for e in EpisodeStore(run_dir / "d_rl").episodes() if "final_rollout" in e.metadata]
+    assert len(finals) == rl_out["final_successes"]
     # SFT resumed from its checkpoint: the step count continued instead of restarting.
     assert state["stages"]["sft"]["resumed_from_step"] >= 5
     steps = [json.loads(line)["step"] for line in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
