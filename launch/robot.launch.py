@@ -8,6 +8,9 @@ The Franka driver and its Cartesian impedance controller are started separately 
 start_driver:=true, which includes franka_bringup's franka.launch.py with robot_ip (needs franka_bringup installed).
 Cameras: realsense_camera by default; use_realsense_ros:=true leaves the cameras to a realsense-ros node you start
 yourself (point vla_policy's cameras.image_topics at its topics).
+Camera frames: hand_eye_file:=calibration_wrist_camera.yaml[,calibration_fixed_camera.yaml] (written by
+`irevla calibrate handeye`) starts one tf2_ros static_transform_publisher per file with the calibrated camera pose;
+hand_eye_child_frame renames the camera frame, one entry per file (docs/calibration.md).
 """
 
 import os
@@ -42,7 +45,22 @@ def _nodes(context):
         nodes.append(Node(package="irevla", executable="realsense_camera", name="realsense_camera", output="screen",
                           parameters=[os.path.join(config_dir, "realsense_camera.yaml"),
                                       {"names": names, "serials": serials or [""] * len(names)}]))
-    return nodes
+    return nodes + _hand_eye_publishers(value("hand_eye_file"), value("hand_eye_child_frame"))
+
+
+def _hand_eye_publishers(files, child_frames):
+    """One static_transform_publisher per hand-eye result file; the file is read now, at launch time."""
+    if not files.strip():
+        return []
+    from irevla.calibration.errors import CalibrationError
+    from irevla.calibration.result import static_transform_publishers
+
+    try:
+        publishers = static_transform_publishers(files, child_frames)
+    except CalibrationError as exc:
+        raise RuntimeError(f"hand_eye_file: {exc}") from None
+    return [Node(package="tf2_ros", executable="static_transform_publisher", name=name, output="screen",
+                 arguments=arguments) for name, arguments in publishers]
 
 
 def generate_launch_description():
@@ -56,6 +74,12 @@ def generate_launch_description():
         DeclareLaunchArgument("camera_serials", default_value="", description="comma-separated serials, same order"),
         DeclareLaunchArgument("use_realsense_ros", default_value="false"),
         DeclareLaunchArgument("workspace_file", default_value="", description="workspace box from calibration"),
+        DeclareLaunchArgument("hand_eye_file", default_value="",
+                              description="comma-separated hand-eye results (irevla calibrate handeye): publish "
+                                          "each camera's calibrated pose on /tf_static"),
+        DeclareLaunchArgument("hand_eye_child_frame", default_value="",
+                              description="comma-separated, one per hand_eye_file: publish the camera as this "
+                                          "frame instead of the file's (empty = the file's)"),
         DeclareLaunchArgument("config_dir", default_value=os.path.join(get_package_share_directory("irevla"),
                                                                         "config")),
         IncludeLaunchDescription(

@@ -12,14 +12,18 @@ The top two sections are field for field easy_handeye2's ``.calib`` format, so t
 A third section, ``irevla``, records how it was obtained: method, residuals per sample and overall, every method's
 answer, rotation diversity, date, camera serial, intrinsics and the sample folder. easy_handeye2's own loader
 rejects unknown keys, so `easy_handeye2_yaml` gives the bare two-section form for it.
-`load_hand_eye_calibration` reads both this file and easy_handeye2's.
+`load_hand_eye_calibration` reads both this file and easy_handeye2's; `static_transform_publishers` turns files
+into the arguments of tf2_ros' static_transform_publisher (launch/robot.launch.py's ``hand_eye_file``). Reading a
+result does not import OpenCV.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
@@ -28,13 +32,15 @@ from pydantic import Field
 from irevla.atomic_io import atomic_write_yaml
 from irevla.calibration.camera_model import now_iso
 from irevla.calibration.errors import CalibrationError
-from irevla.calibration.pipeline import HandEyeRun
 from irevla.calibration.transforms import (
     from_translation_quaternion,
     invert,
     to_translation_quaternion,
 )
 from irevla.config import ConfigError, ConfigModel, load_config
+
+if TYPE_CHECKING:  # the solver (OpenCV) is not needed to read a result: launch files import this module
+    from irevla.calibration.pipeline import HandEyeRun
 
 CALIBRATION_TYPES = {"eye-in-hand": "eye_in_hand", "eye-on-base": "eye_on_base"}
 
@@ -208,3 +214,43 @@ def _load_file(path: str | Path) -> HandEyeFile:
         return load_config(path, HandEyeFile)
     except ConfigError as exc:
         raise CalibrationError(str(exc)) from None
+
+
+def _split(text: str | Sequence[str]) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [item.strip() for item in items]
+
+
+def static_transform_publishers(files: str | Sequence[str], child_frames: str | Sequence[str] = ""
+                                ) -> list[tuple[str, list[str]]]:
+    """(node name, arguments) of one tf2_ros ``static_transform_publisher`` per hand-eye result file.
+
+    `files` is a list or a comma-separated string (a launch argument); empty entries are ignored. `child_frames`,
+    when given, has one entry per file: a non-empty entry renames the camera frame the file publishes (the same
+    physical frame under the name your camera driver stamps its images with, e.g. irevla's realsense_camera's
+    ``wrist_color_optical_frame``); an empty entry keeps the file's. Raises `CalibrationError` naming the file for
+    a file that is missing or malformed, and for two files publishing the same frame (a TF frame has one parent).
+    """
+    paths = [item for item in _split(files) if item]
+    renames = _split(child_frames)
+    if not any(renames):
+        renames = [""] * len(paths)
+    if len(renames) != len(paths):
+        raise CalibrationError(f"hand-eye child frames: {len(renames)} given for {len(paths)} calibration files "
+                               f"{paths}; give one per file (empty = the file's own)")
+    publishers: list[tuple[str, list[str]]] = []
+    publisher_of: dict[str, str] = {}
+    for path, child_frame in zip(paths, renames):
+        calibration = load_hand_eye_calibration(path)
+        if child_frame:
+            calibration = replace(calibration, child_frame=child_frame)
+        if calibration.child_frame in publisher_of:
+            raise CalibrationError(f"{path}: frame {calibration.child_frame!r} is already published from "
+                                   f"{publisher_of[calibration.child_frame]}; a TF frame has one parent")
+        publisher_of[calibration.child_frame] = path
+        base = "hand_eye_" + re.sub(r"[^A-Za-z0-9_]", "_", calibration.child_frame)
+        name, suffix = base, 2
+        while any(name == existing for existing, _ in publishers):
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        publishers.append((name, calibration.static_transform_publisher_arguments()))
+    return publishers
