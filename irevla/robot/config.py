@@ -283,6 +283,15 @@ class RlActorConfig(ConfigModel):
     reset_timeout: float = Field(default=30.0, gt=0, description="how long start_episode waits for the reset (s)")
     flush_timeout: float = Field(default=10.0, ge=0, description="at shutdown, wait this long for the learner to "
                                                                  "acknowledge what was sent (s)")
+    record_dir: str = Field(default="", description="D_RL: write each finished episode (every camera, proprio, "
+                                                    "executed actions, interventions, label; source rl) to this "
+                                                    "episode store directory; empty: off")
+    record_failures: bool = Field(default=False, description="also write unsuccessful episodes (default: "
+                                                             "successes only, D_RL)")
+    record_task: str = Field(default="pick-cube", min_length=1, description="task name of the recorded episodes "
+                                                                            "(the recorder's task for D_e)")
+    record_round: int = Field(default=1, ge=0, description="iRe-VLA round stored in the recorded episodes "
+                                                           "(0 = expert demonstrations)")
 
 
 class VLAPolicyConfig(ConfigModel):

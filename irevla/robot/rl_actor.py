@@ -16,6 +16,10 @@ them to a learner in another process or on another machine (docs/overnight.md, "
   a transition's ``policy_version`` is the head that chose its action. A head that does not fit the policy is
   reported and skipped; the actor keeps acting with the head it has.
 
+With a `irevla.robot.rl_episodes.RlEpisodeRecorder` (vla_policy's ``rl_actor.record_dir``) every step's
+observation and executed action are also kept, with the images, and `end_episode` writes the finished episode to the
+episode store: D_RL for stage 2 (successes; failures too with ``record_failures``).
+
 The runner is `irevla.robot.policy_runner.LatentActorRunner` on the robot (the sim loop's `LatentActor`: pooled or
 token latents, exploration with the learner's log-std); anything with ``encode``, ``act_from_latent``,
 ``load_head_state``, ``version`` and ``action_spec`` will do (a `PolicyRunner` acts on the VLM's tokens, without
@@ -27,11 +31,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from irevla.learner.messages import InMemoryLearnerLink, LearnerLink, Transition
+from irevla.robot.rl_episodes import RlEpisodeRecorder
 from irevla.spec import Observation
 
 __all__ = ["InMemoryLearnerLink", "LearnerLink", "RlActorCore", "Transition"]
@@ -46,8 +52,8 @@ class RlActorCore:
     """
 
     def __init__(self, runner, link: LearnerLink, max_episode_steps: int | None = None,
-                 report: Callable[[str], None] | None = None) -> None:
-        self.runner, self.link = runner, link
+                 report: Callable[[str], None] | None = None, recorder: RlEpisodeRecorder | None = None) -> None:
+        self.runner, self.link, self.recorder = runner, link, recorder
         self.max_episode_steps = max_episode_steps
         self.report = report or log.warning
         self.episode = -1
@@ -70,6 +76,8 @@ class RlActorCore:
             self.episode += 1
             self.steps = self.interventions = 0
             self.active = True
+            if self.recorder is not None:
+                self.recorder.begin(self.episode)
             return self.episode
 
     def _apply_new_head(self) -> None:
@@ -105,13 +113,21 @@ class RlActorCore:
                 episode=self.episode, step=self.steps, latent_tokens=tokens.astype(np.float16), latent_mask=mask,
                 proprio=np.asarray(observation.proprio, np.float32).copy(), action=action,
                 intervention=intervention, policy_version=self.runner.version))
+            if self.recorder is not None:
+                self.recorder.add(observation, action, intervention, self.runner.version)
             self.steps += 1
             self.interventions += int(intervention)
             return action, intervention
 
-    def end_episode(self, final_observation: Observation, success: bool) -> dict:
+    def end_episode(self, final_observation: Observation, success: bool,
+                    metadata: Mapping[str, Any] | None = None) -> dict:
         """Send the episode's end (the label and the final observation's latent); returns a summary. An episode
-        without steps sends nothing (the learner has nothing to store)."""
+        without steps sends nothing (the learner has nothing to store).
+
+        With a recorder the episode is also written (if kept: successes, or failures with ``record_failures``),
+        `metadata` added to its own; the summary then says where (``recorded``: the path, or None and
+        ``not_recorded``: why). Writing happens after the lock is released, so the next episode may start meanwhile.
+        """
         with self._lock:
             if not self.active:
                 raise RuntimeError("no episode is running")
@@ -121,6 +137,20 @@ class RlActorCore:
                                            (tokens.astype(np.float16), mask),
                                            np.asarray(final_observation.proprio, np.float32).copy())
             self.active = False
-            return {"episode": self.episode, "steps": self.steps, "success": bool(success),
-                    "interventions": self.interventions, "policy_version": self.runner.version,
-                    "sent": bool(self.steps)}
+            summary = {"episode": self.episode, "steps": self.steps, "success": bool(success),
+                       "interventions": self.interventions, "policy_version": self.runner.version,
+                       "sent": bool(self.steps)}
+            if self.recorder is None:
+                return summary
+            episode, why_not = self.recorder.finish(final_observation, success, metadata)
+        summary["recorded"] = None
+        if episode is None:
+            summary["not_recorded"] = why_not
+            return summary
+        try:
+            summary["recorded"] = str(self.recorder.write(episode))
+        except Exception as exc:  # noqa: BLE001 -- a full disk must not stop the actor; the learner has the episode
+            summary["not_recorded"] = f"writing failed: {type(exc).__name__}: {exc}"
+            self.report(f"rl episode {summary['episode']} could not be written to {self.recorder.store.root}: "
+                        f"{type(exc).__name__}: {exc}")
+        return summary

@@ -1,5 +1,6 @@
 """vla_policy's rl_actor mode: the actor core over the real ZeroMQ transport (a `LearnerServer` in this process on
-127.0.0.1, no DDS), its episode bookkeeping, and the node over real DDS in the private network namespace."""
+127.0.0.1, no DDS), its episode bookkeeping, and the node over real DDS in the private network namespace, recording
+its successful episodes into the episode store (D_RL)."""
 
 from __future__ import annotations
 
@@ -201,7 +202,9 @@ def test_vla_policy_node_in_rl_actor_mode_runs_episodes_for_the_learner():
 def rl_actor_node_body() -> None:
     import json
     import os
+    import tempfile
     import threading
+    from pathlib import Path
 
     import rclpy
     from ros_probe import Probe, spin_in_background
@@ -210,6 +213,7 @@ def rl_actor_node_body() -> None:
     from std_srvs.srv import Trigger
 
     from irevla.config import ConfigError
+    from irevla.data import read_episode
     from irevla.robot.config import CamerasConfig, RlActorConfig, VLAPolicyConfig
     from irevla.robot.conversions import (
         action_to_joint_state,
@@ -223,9 +227,11 @@ def rl_actor_node_body() -> None:
 
     rclpy.init()
     server = LearnerServer("tcp://127.0.0.1:0")  # the token from $IREVLA_LEARNER_TOKEN, as the node's
+    d_rl = Path(tempfile.mkdtemp()) / "d_rl"
     config = VLAPolicyConfig(mode="rl_actor", control_hz=10.0, cameras=CamerasConfig(
         names=("front",), image_topics=("/camera/front/color/image_raw",)), rl_actor=RlActorConfig(
-        learner_address=server.address, actor_id="arm-test", max_episode_steps=80, explore=True))
+        learner_address=server.address, actor_id="arm-test", max_episode_steps=80, explore=True,
+        record_dir=str(d_rl), record_task="pick-cube", record_round=1))
     token = os.environ.pop("IREVLA_LEARNER_TOKEN")
     os.environ.pop("IREVLA_LEARNER_TOKEN_FILE", None)
     with pytest.raises(ConfigError, match="no learner token"):  # said at start, before loading the model
@@ -294,6 +300,8 @@ def rl_actor_node_body() -> None:
         wait_for(lambda: actions()[-1][1]["meta/intervention"] == 0.0, 10, "the policy back in control")
         response = probe.call(Trigger, "/vla_policy/end_episode_success")
         assert response.success, response.message
+        (recorded,) = d_rl.glob("ep-*.h5")  # written before the service answered
+        assert f"recorded to {recorded}" in response.message, response.message
         time.sleep(0.3)  # what was published before the end has arrived
         published = len(actions())
 
@@ -308,6 +316,18 @@ def rl_actor_node_body() -> None:
         assert flagged and all(np.allclose(t.action, [0.02, -0.01, 0, 0, 0, 0, 1.0]) for t in flagged)
         assert not transitions[-1].intervention and transitions[-1].policy_version == 3
 
+        # D_RL: the same episode with its pixels, read back by the validating reader
+        episode = read_episode(recorded)
+        assert episode.source == "rl" and episode.success is True and episode.round == 1
+        assert episode.task.name == "pick-cube" and episode.instruction == config.instruction
+        assert episode.n_steps == end.steps and episode.images["front"].shape == (end.steps + 1, 32, 32, 3)
+        assert (episode.images["front"] == 90).all() and np.allclose(episode.proprio[:, 0], 0.5)
+        assert np.array_equal(episode.actions, np.stack([t.action for t in transitions]))
+        assert episode.interventions.tolist() == [t.intervention for t in transitions]
+        assert episode.rewards[-1] == 1.0 and episode.rewards[:-1].sum() == 0.0
+        assert episode.metadata["policy_version"] == 3 and episode.metadata["actor_id"] == "arm-test"
+        assert episode.metadata["end"] == "label" and episode.metadata["interventions"] == len(flagged)
+
         time.sleep(0.5)
         assert len(actions()) == published  # the episode is over: the arm is left to franka_control's hold
 
@@ -320,6 +340,9 @@ def rl_actor_node_body() -> None:
         ends = [e for e in events if e["event"] == "rl_episode_end"]
         assert [(e["episode"], e["success"], e["reason"]) for e in ends] == [(0, True, "label"),
                                                                               (1, False, "time limit")]
+        assert ends[0]["recorded"] == str(recorded)
+        assert ends[1]["recorded"] is None and "record_failures is false" in ends[1]["not_recorded"]
+        assert list(d_rl.glob("ep-*.h5")) == [recorded]  # failures stay out of D_RL
     finally:
         stop.set()
         executor.shutdown(timeout_sec=1.0)

@@ -23,7 +23,9 @@ Modes:
   ``topics.teleop_action`` carries ``meta/intervention`` = 1, executes the human's action, flagged as an
   intervention -- and streams the latent + action to the learner. At ``rl_actor.max_episode_steps`` the episode
   ends unsuccessful (``on_time_limit: failure``) or waits for the label (``wait``). Episode starts and ends are
-  published as JSON on ``topics.episode_event``.
+  published as JSON on ``topics.episode_event``. With ``rl_actor.record_dir`` each finished episode is also written
+  to that episode store (`irevla.robot.rl_episodes`: D_RL for stage 2): then an observation holds every camera of
+  ``cameras.names``, and a step waits for all of them to be fresh.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from irevla.config import ConfigError
+from irevla.data.store import EpisodeStore
 from irevla.robot.config import VLAPolicyConfig
 from irevla.robot.conversions import (
     META_INTERVENTION,
@@ -54,6 +57,7 @@ from irevla.robot.conversions import (
 )
 from irevla.robot.policy_runner import LatentActorRunner, PolicyRunner
 from irevla.robot.rl_actor import LearnerLink, RlActorCore
+from irevla.robot.rl_episodes import RlEpisodeRecorder
 from irevla.robot.ros_edge import (
     COMMAND_QOS,
     LATCHED_QOS,
@@ -93,6 +97,9 @@ class VLAPolicyNode(Node):
         self.link = link
         self._own_link = False
         self._learner_token = self._check_learner_setup() if self.rl_mode and link is None else None
+        self.episode_store = self._open_episode_store() if self.rl_mode and config.rl_actor.record_dir else None
+        # Recording keeps every configured camera, not only the policy's (set once the policy has loaded).
+        self.record_cameras: tuple[str, ...] = ()
         self.runner: PolicyRunner | LatentActorRunner | None = None
         self.core: RlActorCore | None = None  # rl_actor mode
         self.load_error: str | None = None
@@ -142,6 +149,14 @@ class VLAPolicyNode(Node):
         except TransportError as exc:
             raise ConfigError(f"vla_policy: mode rl_actor: {exc}") from None
 
+    def _open_episode_store(self) -> EpisodeStore:
+        """rl_actor.record_dir: create it now, so a bad path stops the node at start, not after an hour's episode."""
+        directory = self.config.rl_actor.record_dir
+        try:
+            return EpisodeStore(directory)
+        except OSError as exc:
+            raise ConfigError(f"vla_policy: rl_actor.record_dir {directory!r}: {exc}") from None
+
     def _load(self) -> None:
         begin = time.monotonic()
         try:
@@ -163,10 +178,23 @@ class VLAPolicyNode(Node):
 
                 self.link = ZmqLearnerLink(settings.learner_address, self._learner_token, actor_id=settings.actor_id)
                 self._own_link = True
+            recorder = None
+            if self.episode_store is not None:
+                recorder = RlEpisodeRecorder(
+                    self.episode_store, actor.action_spec, task=settings.record_task, round=settings.record_round,
+                    record_failures=settings.record_failures, max_episode_steps=settings.max_episode_steps,
+                    control_hz=self.config.control_hz, report=self.get_logger().error,
+                    metadata={"actor_id": settings.actor_id, "policy": runner.source,
+                              "checkpoint_id": runner.checkpoint_id, "latent": settings.latent,
+                              "explore": settings.explore})
+                self.record_cameras = tuple(self.config.cameras.names)
             self.core = RlActorCore(actor, self.link, max_episode_steps=settings.max_episode_steps,
-                                    report=self.get_logger().error)
+                                    report=self.get_logger().error, recorder=recorder)
+            recording = (f"; episodes ({'all' if settings.record_failures else 'successes'}) to "
+                         f"{self.episode_store.root}" if recorder is not None else "")
             self.get_logger().info(f"rl_actor: {settings.latent} latents to the learner at "
-                                   f"{settings.learner_address} as {settings.actor_id!r}; call ~/start_episode")
+                                   f"{settings.learner_address} as {settings.actor_id!r}{recording}; call "
+                                   "~/start_episode")
             runner = actor
         self.runner = runner
         self._announce()
@@ -227,7 +255,7 @@ class VLAPolicyNode(Node):
         oldest = max(now - max_age, newer_than)
         since = " taken since the episode started" if newer_than > now - max_age else ""
         images, stamps = {}, []
-        for camera in runner.cameras:
+        for camera in self.record_cameras or runner.cameras:
             stamp, image = self.images[camera].get()
             if image is None or stamp < oldest:
                 return None, f"no image from {camera} younger than {max_age:.2f} s{since}"
@@ -235,6 +263,9 @@ class VLAPolicyNode(Node):
         state_stamp, proprio = self.state.get()
         if proprio is None or state_stamp < oldest:
             return None, f"no robot state younger than {max_age:.2f} s{since}"
+        if self.record_cameras:  # the policy picks its cameras out of the recorded ones
+            return Observation(images=images, proprio=proprio, instruction=self.config.instruction,
+                               timestamp=min(stamps)), ""
         return runner.observation(images, proprio, self.config.instruction, min(stamps)), ""
 
     def _human_action(self) -> np.ndarray | None:
@@ -287,7 +318,7 @@ class VLAPolicyNode(Node):
                        "~/end_episode_success or ~/end_episode_failure")
             return
         try:
-            summary = self.core.end_episode(observation, success=False)
+            summary = self.core.end_episode(observation, success=False, metadata={"end": "time limit"})
         except RuntimeError:
             return  # a label arrived meanwhile
         self._episode_event("rl_episode_end", summary | {"reason": "time limit"})
@@ -347,7 +378,7 @@ class VLAPolicyNode(Node):
             response.success, response.message = False, f"cannot end the episode yet: {why_not}"
             return response
         try:
-            summary = core.end_episode(observation, success)
+            summary = core.end_episode(observation, success, metadata={"end": "label"})
         except Exception as exc:  # noqa: BLE001 -- told to the caller; the episode stays open
             response.success, response.message = False, f"{type(exc).__name__}: {exc}"
             return response
@@ -355,6 +386,9 @@ class VLAPolicyNode(Node):
         response.success = True
         response.message = (f"episode {summary['episode']} ended ({'success' if success else 'failure'}, "
                             f"{summary['steps']} steps, {summary['interventions']} interventions)")
+        if "recorded" in summary:
+            response.message += (f"; recorded to {summary['recorded']}" if summary["recorded"]
+                                 else f"; {summary['not_recorded']}")
         return response
 
     def latency_summary(self) -> dict:
