@@ -1,11 +1,13 @@
-"""Stage-1 RL on the robot: vla_policy in rl_actor mode + teleop for human interventions + recorder.
+"""Stage-1 RL on the robot: vla_policy in rl_actor mode (recording D_RL) + teleop for human interventions.
 
     export IREVLA_LEARNER_TOKEN_FILE=~/.irevla/learner.token      # the learner's token
-    ros2 launch irevla rl_actor.launch.py checkpoint:=/data/policies/pick out:=runs/rl/pick learner:=tcp://127.0.0.1:5555
+    ros2 launch irevla rl_actor.launch.py checkpoint:=/data/policies/pick out:=runs/pick/d_rl learner:=tcp://127.0.0.1:5555
 
 vla_policy streams latents + actions to `irevla learner serve` at `learner` and applies the heads it publishes;
 episodes: /vla_policy/start_episode, /vla_policy/end_episode_success, /vla_policy/end_episode_failure
-(docs/robot.md, "RL actor mode").
+(docs/robot.md, "RL actor mode"). Each successful episode (every camera, state, executed actions, interventions)
+is written to the episode store `out` (rl_actor.record_dir; record_failures:=true keeps the failures too): D_RL
+for stage 2. out:='' records nothing.
 """
 
 import os
@@ -23,18 +25,19 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("checkpoint", default_value="", description="policy checkpoint directory"),
         DeclareLaunchArgument("instruction", default_value="pick up the cube"),
-        DeclareLaunchArgument("out", default_value="runs/robot/rl", description="episode directory"),
+        DeclareLaunchArgument("out", default_value="runs/robot/d_rl",
+                              description="episode store for the RL episodes (D_RL); '' = do not record"),
+        DeclareLaunchArgument("record_failures", default_value="false",
+                              description="also record unsuccessful episodes"),
         DeclareLaunchArgument("learner", default_value="tcp://127.0.0.1:5555",
                               description="ZeroMQ address of irevla learner serve"),
         Node(package="irevla", executable="vla_policy", name="vla_policy", output="screen",
              parameters=[os.path.join(config_dir, "vla_policy.yaml"),
                          {"mode": "rl_actor", "policy.checkpoint": LaunchConfiguration("checkpoint"),
                           "instruction": LaunchConfiguration("instruction"),
-                         "rl_actor.learner_address": LaunchConfiguration("learner")}]),
+                          "rl_actor.learner_address": LaunchConfiguration("learner"),
+                          "rl_actor.record_dir": LaunchConfiguration("out"),
+                          "rl_actor.record_failures": LaunchConfiguration("record_failures")}]),
         Node(package="irevla", executable="teleop", name="teleop", output="screen", emulate_tty=True,
              parameters=[os.path.join(config_dir, "teleop.yaml")]),
-        Node(package="irevla", executable="recorder", name="recorder", output="screen",
-             parameters=[os.path.join(config_dir, "recorder.yaml"),
-                         {"out": LaunchConfiguration("out"), "source": "rl",
-                          "instruction": LaunchConfiguration("instruction")}]),
     ])

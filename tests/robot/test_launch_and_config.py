@@ -87,6 +87,12 @@ def test_launch_file_structure(file_name):
         module_tree = ast.parse(Path(spec.origin).read_text())
         assert any(isinstance(n, ast.FunctionDef) and n.name == function for n in module_tree.body), \
             f"{module} has no {function}()"
+        parameters = set(flatten(NODE_CONFIGS[executable.value]()))
+        overrides = keyword(node, "parameters")
+        for literal in (ast.walk(overrides) if overrides is not None else ()):
+            if isinstance(literal, ast.Dict):  # {"rl_actor.record_dir": ...}: a real parameter of the node
+                names = {k.value for k in literal.keys if isinstance(k, ast.Constant)}
+                assert names <= parameters, f"{file_name}: {executable.value} has no parameter {names - parameters}"
 
     yaml_names = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                   and n.value.endswith(".yaml")}
