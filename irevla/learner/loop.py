@@ -247,47 +247,19 @@ def _stop_learner(process: subprocess.Popen, log: Log, timeout_s: float = 300) -
 
 def _write_learner_init(stage_dir: Path, config: IterateConfig, policy, ref: TaskRef, run_dir: Path,
                         log: Log) -> None:
-    """What the learner process starts from: head spec, actor head, learner settings and the demo buffer."""
-    import numpy as np
+    """What the learner process starts from: head spec, actor head, learner settings and the demo buffer
+    (`irevla.learner.handoff.write_learner_init`, which `irevla learner init` also runs)."""
     import torch
 
-    from irevla.atomic_io import atomic_write_yaml
-    from irevla.data.store import EpisodeCollection
-    from irevla.learner.flax_head import HeadSpec
-    from irevla.learner.replay import LatentReplay
-    from irevla.policy.checkpoint import save_head
+    from irevla.learner.handoff import is_complete_init, write_learner_init
 
     init = stage_dir / "learner_init"
-    if (init / "done").is_file():
+    if is_complete_init(init):
         return
-    init.mkdir(parents=True, exist_ok=True)
-    spec = HeadSpec.from_policy(policy, latent=config.rl.latent)
-    atomic_write_text(init / "spec.json", json.dumps(spec.to_dict(), indent=1))
-    save_head(init / "head.safetensors", policy.head_state(), {"latent": spec.latent})
-    learner_settings = {"algorithm": config.rl.algorithm, "learner": config.rl.learner.model_dump(mode="json"),
-                        "ppo": dict(config.rl.ppo)}
-    atomic_write_yaml(init / "learner.yaml", learner_settings)
-    demo = LatentReplay(config.rl.learner.demo_capacity, spec.latent_shape, spec.proprio_dim, spec.action_dim,
-                        with_mask=spec.latent == "tokens")
-    if config.rl.expert_demos:
-        from irevla.learner.actor import LatentActor
-
-        actor = LatentActor(policy, config.rl.latent)
-        episodes = [e for e in EpisodeCollection(_expert_dirs(config, run_dir)).episodes(task=ref.task)
-                    if e.success]
-        for episode in episodes:
-            latents, masks = [], []
-            for t in range(episode.n_steps + 1):
-                tokens, mask = actor.observe(episode.observation(t))
-                latents.append(tokens.reshape(spec.latent_shape))
-                masks.append(mask)
-            actions = spec.action_to_unit(episode.actions.astype(np.float32))
-            demo.add_episode(np.stack(latents), np.stack(masks) if spec.latent == "tokens" else None,
-                             episode.proprio, actions, success=True)
-        log(f"demo buffer: {len(episodes)} expert episodes of {ref.task} ({len(demo)} transitions) encoded once")
-    demo.save(init / "demo.safetensors")
+    rl = config.rl
+    write_learner_init(init, policy, latent=rl.latent, algorithm=rl.algorithm, learner=rl.learner, ppo=rl.ppo,
+                       demo_dirs=_expert_dirs(config, run_dir) if rl.expert_demos else None, task=ref.task, log=log)
     torch.set_num_threads(config.threads)
-    atomic_write_text(init / "done", "ok\n")
 
 
 def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log: Log,
@@ -299,8 +271,9 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
     from irevla.data.episode import EpisodeBuilder
     from irevla.data.store import EpisodeStore
     from irevla.learner.actor import LatentActor, run_rl_episode
+    from irevla.learner.handoff import merge_head_file
     from irevla.learner.transport import ZmqLearnerLink
-    from irevla.policy.checkpoint import load_head, load_policy, save_policy
+    from irevla.policy.checkpoint import load_policy, save_policy
     from irevla.sim.registry import make_env_by_name
 
     ref = config.rl_tasks[k - 1]
@@ -375,10 +348,7 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
         except LoopError:
             if finished:  # a learner failure matters only if the actor's own error is not already on its way
                 raise
-    head, _ = load_head(stage_dir / "learner" / "head.safetensors")
-    merged = policy.head_state()
-    merged.update(head)
-    policy.load_head_state(merged, where=str(stage_dir / "learner" / "head.safetensors"))
+    merge_head_file(policy, stage_dir / "learner" / "head.safetensors")
     save_policy(policy, stage_dir / "policy", info={"stage": f"rl-{k}", "task": ref.label,
                                                     "episodes": state["episodes"], "env_steps": state["env_steps"]})
     final = _final_rollouts(config, ref, k, policy, state, progress_file, d_rl, image_size, log)
