@@ -235,9 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     user_errors: tuple[type[BaseException], ...] = (UserError, ConfigError, ContractError, FileNotFoundError)
     try:
+        from irevla.learner.handoff import HandoffError
         from irevla.learner.loop import LoopError
 
-        user_errors += (LoopError,)
+        user_errors += (LoopError, HandoffError)
     except ImportError:
         pass
     try:
