@@ -257,8 +257,10 @@ def _write_learner_init(stage_dir: Path, config: IterateConfig, policy, ref: Tas
     if is_complete_init(init):
         return
     rl = config.rl
+    # A run that starts from `init` without expert_data has no D_e: the demo buffer is then the VLA's own rollouts.
+    expert_dirs = _expert_dirs(config, run_dir) if rl.expert_demos else []
     write_learner_init(init, policy, latent=rl.latent, algorithm=rl.algorithm, learner=rl.learner, ppo=rl.ppo,
-                       demo_dirs=_expert_dirs(config, run_dir) if rl.expert_demos else None, task=ref.task, log=log)
+                       demo_dirs=expert_dirs or None, task=ref.task, log=log)
     torch.set_num_threads(config.threads)
 
 

@@ -120,6 +120,23 @@ def test_init_writes_exactly_what_the_loop_writes(base, tmp_path, capsys):
         assert (out / name).read_bytes() == (stage / "learner_init" / name).read_bytes(), name
 
 
+def test_loop_from_init_without_expert_data_starts_with_an_empty_demo_buffer(base, tmp_path):
+    """A run that starts from a checkpoint (init) with no D_e: stage 1's demo buffer is the VLA's own rollouts."""
+    from irevla.learner.loop import _write_learner_init
+    from irevla.learner.loop_config import IterateConfig
+    from irevla.learner.replay import LatentReplay
+
+    config = IterateConfig(run_dir=str(tmp_path / "run"), init=str(base / "ckpt"),
+                           expert_tasks=[{"task": "push-left"}], rl_tasks=[{"task": "push-left"}])
+    assert config.rl.expert_demos  # the default: it must not ask for D_e that the run does not have
+    stage = tmp_path / "run" / "rl-1"
+    stage.mkdir(parents=True)
+    _write_learner_init(stage, config, load_policy(base / "ckpt"), config.rl_tasks[0], tmp_path / "run",
+                        log=lambda _: None)
+    assert sorted(p.name for p in (stage / "learner_init").iterdir()) == INIT_NAMES
+    assert len(LatentReplay.load(stage / "learner_init" / "demo.safetensors", capacity=100)) == 0
+
+
 def test_init_refuses_to_replace_a_complete_directory_without_force(base, tmp_path, capsys):
     out = tmp_path / "learner_init"
     assert _run(capsys, "init", "--policy", base / "ckpt", "--out", out)[0] == 0  # no demos: an empty buffer
