@@ -57,8 +57,8 @@ def validate_config(data: Mapping[str, Any] | None, model: type[ModelT], source:
         raise ConfigError(_format_errors(source, exc)) from None
 
 
-def load_config(path: str | Path, model: type[ModelT], overrides: Mapping[str, Any] | None = None) -> ModelT:
-    """Load YAML at `path` into `model`. `overrides` maps dotted keys (``sim.image_size``) to values."""
+def read_config_mapping(path: str | Path) -> dict:
+    """The top-level mapping of the YAML file at `path` (empty file: {}); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -70,6 +70,13 @@ def load_config(path: str | Path, model: type[ModelT], overrides: Mapping[str, A
         raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, model: type[ModelT], overrides: Mapping[str, Any] | None = None) -> ModelT:
+    """Load YAML at `path` into `model`. `overrides` maps dotted keys (``sim.image_size``) to values."""
+    path = Path(path)
+    data = read_config_mapping(path)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

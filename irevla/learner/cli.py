@@ -173,7 +173,8 @@ def _cmd_learner_init(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     policy = load_policy(args.policy, device=args.device)  # missing or corrupt: the error names the file
     summary = write_learner_init(out, policy, latent=args.latent, algorithm=algorithm, learner=learner, ppo=ppo,
-                                 demo_dirs=args.demos, task=args.task, log=print)
+                                 demo_dirs=args.demos, task=args.task, log=print,
+                                 progress=True)
     demos = (f"{summary.episodes} successful episodes ({summary.transitions} transitions) of "
              f"{', '.join(summary.tasks)}" if args.demos else "empty (no --demos)")
     print(f"wrote {out}: checkpoint {policy.checkpoint_id}, {summary.latent} latents, {summary.algorithm}; "

@@ -59,24 +59,13 @@ def load_learner_settings(path: str | Path | None):
     """(algorithm, LearnerConfig, ppo dict) from a YAML holding the learner parts of a loop config's ``rl:`` section
     (``algorithm``, ``learner``, ``ppo``; each optional, validated as `RLConfig` validates them); defaults for None.
     """
-    import yaml
-
-    from irevla.config import ConfigError, validate_config
+    from irevla.config import ConfigError, read_config_mapping, validate_config
     from irevla.learner.loop_config import RLConfig
 
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        data = read_config_mapping(path)
         unknown = sorted(set(data) - set(SETTINGS_KEYS))
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {unknown}: expected only {list(SETTINGS_KEYS)} (the learner "
@@ -92,14 +81,15 @@ def load_learner_settings(path: str | Path | None):
 
 def write_learner_init(directory: str | Path, policy, *, latent: str, algorithm: str, learner, ppo: Mapping[str, Any],
                        demo_dirs: Sequence[str | Path] | None = None, task: str | None = None,
-                       log: Log = print) -> InitSummary:
+                       log: Log = print, progress: bool = False) -> InitSummary:
     """Write the learner's starting directory for `policy` (a `VLAPolicy`) at `directory`, replacing what is there.
 
     `learner` is a `LearnerConfig` (its ``demo_capacity`` sizes the demo buffer), `ppo` the raw ``rl.ppo`` mapping.
     With `demo_dirs`, every successful episode there (of `task`: its name or full name; None: every task) goes
     into the demo buffer, encoded once by the policy's frozen VLM (which this freezes and puts in eval mode);
     without, the demo buffer is empty. Everything is written into a temporary directory next to `directory` and
-    renamed into place at the end, ``done`` last: a failure leaves `directory` as it was.
+    renamed into place at the end, ``done`` last: a failure leaves `directory` as it was. `progress` shows a bar
+    over the episodes being encoded (the long part: one VLM pass per observation).
     """
     import numpy as np
 
@@ -129,7 +119,10 @@ def write_learner_init(directory: str | Path, policy, *, latent: str, algorithm:
 
             actor = LatentActor(policy, latent)
             # One episode in memory at a time (images included), in EpisodeCollection.episodes' order.
-            for info in EpisodeCollection(demo_dirs).index(task=task):
+            from tqdm import tqdm
+
+            infos = EpisodeCollection(demo_dirs).index(task=task)
+            for info in tqdm(infos, desc="encoding demos", unit="ep", disable=not progress, dynamic_ncols=True):
                 episode = read_episode(info.path)
                 if not episode.success:
                     continue

@@ -74,6 +74,17 @@ class RecorderStatus:
     message: str
 
 
+def finish_labelled(builder: EpisodeBuilder, final: Observation, success: bool) -> Episode:
+    """The builder's episode with its label: a success gets the sparse reward 1.0 on its last step (known only
+    once a human, or the env, labelled the episode; the steps were recorded with 0)."""
+    episode = builder.finish(final, success=success)
+    if not success:
+        return episode
+    rewards = episode.rewards.copy()
+    rewards[-1] = 1.0
+    return replace(episode, rewards=rewards)
+
+
 class RecorderCore:
     def __init__(self, config: RecorderConfig, store: EpisodeStore | None = None,
                  action_spec: ActionSpec | None = None, log: Callable[[str], None] = print,
@@ -192,12 +203,7 @@ class RecorderCore:
     def _finish(builder: EpisodeBuilder, final: Observation | None, success: bool) -> Episode:
         if final is None:
             raise ContractError("recorder: no final observation available")
-        episode = builder.finish(final, success=success)
-        if not success:
-            return episode
-        rewards = episode.rewards.copy()
-        rewards[-1] = 1.0  # sparse reward, known only once a human (or the env) labelled the episode
-        return replace(episode, rewards=rewards)
+        return finish_labelled(builder, final, success)
 
     def discard(self) -> str:
         self.stop(save=False)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from irevla.data.episode import Episode, EpisodeBuilder
 from irevla.data.store import EpisodeStore
+from irevla.robot.recorder import finish_labelled
 from irevla.spec import REAL_ROBOT_PROPRIO, ActionSpec, ContractError, Observation, ObservationSpec, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -103,13 +103,9 @@ class RlEpisodeRecorder:
                             "policy_version": self._versions[-1], "policy_versions": sorted(set(self._versions)),
                             "interventions": self._interventions, **dict(metadata or {})}
         try:
-            episode = builder.finish(final_observation, success=bool(success))
+            episode = finish_labelled(builder, final_observation, bool(success))
         except ContractError as exc:
             return None, f"not recorded: the final observation: {exc}"
-        if success:
-            rewards = episode.rewards.copy()
-            rewards[-1] = 1.0  # the binary success reward on the last step, as irevla.robot.recorder writes it
-            episode = replace(episode, rewards=rewards)
         return episode, ""
 
     def write(self, episode: Episode) -> Path:
