@@ -6,7 +6,11 @@
   states (fp16 tokens + mask) or, with ``latent="pooled"``, the token learner's output (1, S * w) -- and keeps what
   the head needs to act on it;
 * `act(explore)` gives the action in env units: ``tanh(mu)`` (the deployed policy, exactly the VLA's) or a sample
-  ``tanh(mu + std * eps)`` with the learner's exploration std;
+  ``tanh(mu + std * eps)`` with the learner's exploration std. ``eps`` is white (independent per step) or, with
+  ``noise_beta > 0``, coloured noise over the episode (1 = pink; Eberhard et al., ICLR 2023): each step's marginal
+  is still N(0, 1), so SAC's tanh-Gaussian is unchanged, but the low frequencies keep a drift for tens of steps,
+  which explores a consistent offset (a target further right) that white noise averages away;
+* `start_episode()` draws the next episode's noise sequence;
 * `apply_head(version, params)` loads what the learner published (``mlp.*`` only in pooled mode; the token learner
   then stays as it was when stage 1 started) between steps.
 
@@ -30,9 +34,17 @@ from irevla.spec import Observation
 
 
 class LatentActor:
-    def __init__(self, policy, latent: str = "pooled", seed: int = 0, initial_log_std: float = -1.6) -> None:
+    def __init__(self, policy, latent: str = "pooled", seed: int = 0, initial_log_std: float = -1.6,
+                 noise_beta: float = 0.0, noise_horizon: int = 1000) -> None:
         if latent not in ("tokens", "pooled"):
             raise ValueError(f"LatentActor.latent: expected 'tokens' or 'pooled', got {latent!r}")
+        if not 0.0 <= noise_beta <= 2.0:
+            raise ValueError(f"LatentActor.noise_beta: expected 0 (white) .. 2 (red), got {noise_beta}")
+        if noise_horizon < 2:
+            raise ValueError(f"LatentActor.noise_horizon: expected >= 2 steps, got {noise_horizon}")
+        self.noise_beta, self.noise_horizon = float(noise_beta), int(noise_horizon)
+        self._noise: np.ndarray | None = None  # (horizon, dim) of the current episode when coloured
+        self._noise_step = 0
         self.policy, self.latent_mode = policy, latent
         policy.freeze_backbone()
         policy.eval()
@@ -41,6 +53,25 @@ class LatentActor:
         self.rng = np.random.default_rng(seed)
         self._pooled: torch.Tensor | None = None
         self._proprio_unit: torch.Tensor | None = None
+
+    def start_episode(self) -> None:
+        """Draw the noise sequence of a new episode (coloured noise only; white noise needs no state)."""
+        self._noise = None
+        self._noise_step = 0
+
+    def _eps(self, dim: int) -> np.ndarray:
+        if self.noise_beta == 0.0:
+            return self.rng.normal(size=dim)
+        if self._noise is None or self._noise_step >= len(self._noise):  # an episode longer than the horizon
+            from colorednoise import powerlaw_psd_gaussian
+
+            # N(0, 1) marginals over episodes (a single sequence's own std is below 1: its lowest frequencies are
+            # the episode's offset)
+            self._noise = powerlaw_psd_gaussian(self.noise_beta, (dim, self.noise_horizon), random_state=self.rng).T
+            self._noise_step = 0
+        eps = self._noise[self._noise_step]
+        self._noise_step += 1
+        return eps
 
     @torch.inference_mode()
     def observe(self, observation: Observation) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +96,7 @@ class LatentActor:
         parts = [self._pooled] + ([self._proprio_unit] if head.proprio_dim else [])
         mu = head.mlp(torch.cat(parts, dim=-1))[:, :head.action_dim].float().cpu().numpy()[0]
         if explore:
-            mu = mu + np.exp(self.log_std) * self.rng.normal(size=mu.shape)
+            mu = mu + np.exp(self.log_std) * self._eps(mu.shape[-1])
         unit = np.tanh(mu)
         action = self.policy.normalizer.action_from_unit(torch.from_numpy(unit.astype(np.float32))).numpy()
         if not np.isfinite(action).all():
@@ -94,6 +125,7 @@ def run_rl_episode(env, actor: LatentActor, link, episode_index: int, seed: int,
     current head (the demo rollouts that seed the demo buffer are the starting VLA's, as in the paper).
     """
     step = 0
+    actor.start_episode()
 
     def act(obs: dict, info: dict) -> np.ndarray:
         nonlocal step

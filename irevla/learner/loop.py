@@ -300,7 +300,8 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
     process, address = _start_learner(stage_dir, config, token_file, log)
     link = ZmqLearnerLink(address, token_file.read_text().strip(), actor_id=f"sim-{k}")
     actor = LatentActor(policy, rl.latent, seed=rl.seed + state["episodes"],
-                        initial_log_std=rl.learner.sac.initial_log_std)
+                        initial_log_std=rl.learner.sac.initial_log_std, noise_beta=rl.noise_beta,
+                        noise_horizon=rl.max_episode_steps or 500)
     started = time.monotonic()
     finished = False
     try:

@@ -51,6 +51,10 @@ class RLConfig(ConfigModel):
     final_rollouts: int = Field(default=20, ge=0, description=(
         "after the learner stops: episodes of the final head's mean (the deployed policy) on the task; their "
         "successes join D_RL and their rate is the stage's own result (RL head, before stage 2)"))
+    noise_beta: float = Field(default=0.0, ge=0, le=2, description=(
+        "colour of the exploration noise over an episode: 0 white (independent steps), 1 pink, 2 red. Coloured "
+        "noise keeps a drift for tens of steps, so it explores a consistent offset (e.g. a target further right) "
+        "that white noise averages away; the marginal per step is the same Gaussian"))
     learner: LearnerConfig = LearnerConfig()
     ppo: dict = Field(default_factory=dict, description="PPO settings (irevla.learner.ppo.PPOConfig)")
     learner_threads: int = Field(default=1, ge=1, description="CPU threads of the learner process")
