@@ -165,12 +165,13 @@ class LatentActorRunner:
     irevla.learner (the learner extra)."""
 
     def __init__(self, runner: PolicyRunner, latent: str = "pooled", explore: bool = True, seed: int = 0,
-                 initial_log_std: float = -1.6) -> None:
+                 initial_log_std: float = -1.6, noise_beta: float = 0.0, noise_horizon: int = 1000) -> None:
         from irevla.learner.actor import LatentActor
 
         self.runner, self.explore = runner, bool(explore)
         with runner._lock:
-            self.actor = LatentActor(runner.policy, latent, seed=seed, initial_log_std=initial_log_std)
+            self.actor = LatentActor(runner.policy, latent, seed=seed, initial_log_std=initial_log_std,
+                                     noise_beta=noise_beta, noise_horizon=noise_horizon)
         self._last_latent: np.ndarray | None = None
 
     @property
@@ -204,6 +205,11 @@ class LatentActorRunner:
     def observation(self, images: Mapping[str, np.ndarray], proprio: np.ndarray, instruction: str,
                     timestamp: float) -> Observation:
         return self.runner.observation(images, proprio, instruction, timestamp)
+
+    def start_episode(self) -> None:
+        """A new episode: the next exploration-noise sequence (coloured noise is drawn per episode)."""
+        with self.runner._lock:
+            self.actor.start_episode()
 
     def encode(self, observation: Observation) -> tuple[np.ndarray, np.ndarray]:
         """The latent message of `observation` (fp16 tokens, bool mask); runs the frozen VLM once."""

@@ -73,6 +73,9 @@ class RlActorCore:
             if self.active:
                 raise RuntimeError(f"episode {self.episode} is running ({self.steps} steps); end it first")
             self._apply_new_head()
+            start = getattr(self.runner, "start_episode", None)  # LatentActorRunner: the episode's noise sequence
+            if start is not None:
+                start()
             self.episode += 1
             self.steps = self.interventions = 0
             self.active = True

@@ -154,6 +154,34 @@ def test_a_head_published_by_the_learner_drives_the_actions_and_its_log_std_the_
     assert np.allclose(np.stack([tr.action for tr in transitions[-120:]]), actions)  # what was executed is sent
 
 
+def test_pink_noise_drifts_within_an_episode_and_is_drawn_anew_for_each_episode():
+    """`rl_actor.noise_beta: 1`: the core starts each episode's noise sequence (`begin_episode`), the steps of one
+    episode are correlated (a drift), the next episode's sequence is a new one; white noise has no correlation."""
+    bias = np.array([0.3, -0.2, 0.1, 0.0, 0.1, -0.1, 0.2], np.float32)
+
+    def episodes(noise_beta: float) -> list[np.ndarray]:
+        runner = tiny_runner()
+        link = InMemoryLearnerLink()
+        link.pending_head = (1, constant_head(runner.policy, bias, log_std=np.log(0.1)))
+        core = RlActorCore(LatentActorRunner(runner, "pooled", seed=5, noise_beta=noise_beta, noise_horizon=60),
+                           link)
+        noises = []
+        for _ in range(2):
+            core.begin_episode()
+            actions = np.stack([core.step(observation(t))[0] for t in range(60)])
+            core.end_episode(observation(61), success=False)
+            noises.append(unit_deviation(runner.policy, actions, bias))
+        return noises
+
+    def lag1(noise: np.ndarray) -> float:
+        return float(np.mean([np.corrcoef(noise[:-1, d], noise[1:, d])[0, 1] for d in range(noise.shape[1])]))
+
+    pink, white = episodes(1.0), episodes(0.0)
+    assert all(lag1(n) > 0.3 for n in pink), [lag1(n) for n in pink]
+    assert all(abs(lag1(n)) < 0.3 for n in white), [lag1(n) for n in white]
+    assert not np.allclose(pink[0], pink[1], atol=1e-3)  # a new sequence, not the last one replayed
+
+
 # ----------------------------------------------------------------------------------------- the core's rules
 def test_episode_rules_time_limit_empty_episodes_and_bad_heads():
     runner = tiny_runner()

@@ -172,7 +172,8 @@ class VLAPolicyNode(Node):
         if self.rl_mode:
             settings = self.config.rl_actor
             actor = LatentActorRunner(runner, settings.latent, explore=settings.explore, seed=settings.seed,
-                                      initial_log_std=settings.initial_log_std)
+                                      initial_log_std=settings.initial_log_std, noise_beta=settings.noise_beta,
+                                      noise_horizon=max(2, settings.max_episode_steps))
             if self.link is None:
                 from irevla.learner.transport import ZmqLearnerLink
 
