@@ -2,7 +2,7 @@
 
 Stages, in order, each with its own directory under ``run_dir``::
 
-    demos        record expert demos D_e (sim; skipped when expert_data / init is given)
+    demos        record expert demos D_e (sim; skipped when expert_data / init is given; never on the robot)
     sft          stage 0: supervised fine-tuning on D_e                       -> sft/policy
     eval-0       evaluate expert / RL / unseen task groups                    -> eval-0.json
     rl-K         stage 1 on RL task K: VLM frozen, head trained online by the learner process; successful
@@ -142,20 +142,28 @@ def stage_eval(config: IterateConfig, policy_path: str, log: Log) -> dict:
     """Success of the policy on every task of the three groups."""
     import torch
 
+    from irevla.learner.envs import make_task_env
     from irevla.policy.checkpoint import load_policy
     from irevla.policy.rollout import evaluate_policy
 
     torch.set_num_threads(config.threads)
     policy = load_policy(policy_path)
+    image_size = policy.observation_spec.cameras[policy.cameras[0]][0]
+    if config.family == "robot":
+        log("  robot: episode seeds only label the episodes; the start is the home pose and whatever scene is set up")
     groups = {"expert": config.expert_group, "rl": config.rl_tasks, "unseen": config.unseen_tasks}
     results: dict[str, dict] = {}
     for group, tasks in groups.items():
         results[group] = {}
         for ref in tasks:
+            def make_env(task: str, ref: TaskRef = ref):
+                return make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
+                                     max_episode_steps=config.eval.max_episode_steps)
+
             report = evaluate_policy(policy, [ref.task], episodes=config.eval.episodes, family=config.family,
                                      seed=config.eval.seed, max_episode_steps=config.eval.max_episode_steps,
                                      variation=ref.variation, variation_seed=ref.variation_seed,
-                                     parallel_envs=config.eval.parallel_envs)
+                                     parallel_envs=config.eval.parallel_envs, make_env=make_env)
             task = report.tasks[0]
             results[group][ref.label] = {"successes": task.successes, "episodes": task.episodes,
                                          "rate": task.success_rate, "seconds": round(task.seconds, 1)}
@@ -273,10 +281,10 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
     from irevla.data.episode import EpisodeBuilder
     from irevla.data.store import EpisodeStore
     from irevla.learner.actor import LatentActor, run_rl_episode
+    from irevla.learner.envs import make_task_env
     from irevla.learner.handoff import merge_head_file
     from irevla.learner.transport import ZmqLearnerLink
     from irevla.policy.checkpoint import load_policy, save_policy
-    from irevla.sim.registry import make_env_by_name
 
     ref = config.rl_tasks[k - 1]
     rl = config.rl
@@ -294,11 +302,11 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
         "episodes": 0, "env_steps": 0, "successes": 0, "demo_successes": 0, "demo_attempts": 0, "history": []}
     d_rl = EpisodeStore(run_dir / "d_rl")
     image_size = policy.observation_spec.cameras[policy.cameras[0]][0]
-    env = make_env_by_name(config.family, ref.task, cameras=policy.cameras, image_size=image_size,
-                           max_episode_steps=rl.max_episode_steps, variation=ref.variation,
-                           variation_seed=ref.variation_seed)
+    env = make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
+                        max_episode_steps=rl.max_episode_steps)
     process, address = _start_learner(stage_dir, config, token_file, log)
-    link = ZmqLearnerLink(address, token_file.read_text().strip(), actor_id=f"sim-{k}")
+    actor_id = f"{'robot' if config.family == 'robot' else 'sim'}-{k}"
+    link = ZmqLearnerLink(address, token_file.read_text().strip(), actor_id=actor_id)
     actor = LatentActor(policy, rl.latent, seed=rl.seed + state["episodes"],
                         initial_log_std=rl.learner.sac.initial_log_std, noise_beta=rl.noise_beta,
                         noise_horizon=rl.max_episode_steps or 500)
@@ -375,16 +383,15 @@ def _final_rollouts(config: IterateConfig, ref: TaskRef, k: int, policy, state: 
     (``final``), so a resumed stage does not repeat finished episodes.
     """
     from irevla.data.episode import EpisodeBuilder
+    from irevla.learner.envs import make_task_env
     from irevla.policy.rollout import run_episode
-    from irevla.sim.registry import make_env_by_name
 
     rl = config.rl
     outcomes: list[bool] = state.setdefault("final", [])
     if len(outcomes) >= rl.final_rollouts:
         return outcomes[:rl.final_rollouts]
-    env = make_env_by_name(config.family, ref.task, cameras=policy.cameras, image_size=image_size,
-                           max_episode_steps=rl.max_episode_steps, variation=ref.variation,
-                           variation_seed=ref.variation_seed)
+    env = make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
+                        max_episode_steps=rl.max_episode_steps)
     try:
         while len(outcomes) < rl.final_rollouts:
             index = len(outcomes)

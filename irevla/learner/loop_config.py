@@ -3,6 +3,11 @@
 A run is Algorithm 1 of the paper: stage 0 SFT on expert demos D_e (or a given checkpoint) -> for each RL task:
 stage 1 RL on the head with the VLM frozen -> stage 2 SFT of the whole model on D_e + D_RL -> evaluation of the
 expert, RL and unseen task groups. `config/demo.yaml` is the simulated demo; docs/overnight.md the robot run.
+
+``family: robot`` runs the same loop on the real-robot env (`irevla.robot.env.RobotEnv`, configured by the ``robot``
+section; config/iterate_robot.yaml, docs/robot.md "Iterate on the robot"). Its settings model is plain pydantic
+(`irevla.robot.config` imports no rclpy); the env itself, and with it rclpy, is imported only when a robot run
+builds it (`irevla.learner.envs`).
 """
 
 from __future__ import annotations
@@ -13,13 +18,19 @@ from pydantic import Field, model_validator
 
 from irevla.config import ConfigModel, DemosConfig
 from irevla.learner.config import LearnerConfig
+from irevla.robot.config import RobotEnvConfig
 
 
 class TaskRef(ConfigModel):
-    """A task of one of the three groups: a simulated task name plus an optional named variation."""
+    """A task of one of the three groups: a simulated task name plus an optional named variation; on the robot a
+    task name plus the instruction the policy gets."""
 
     task: str
-    variation: str = Field(default="", description="e.g. 'hand:0.06,0,0' or 'color:red' (irevla/sim/variations.py)")
+    variation: str = Field(default="", description="e.g. 'hand:0.06,0,0' or 'color:red' (irevla/sim/variations.py); "
+                                                   "simulation only")
+    instruction: str | None = Field(default=None, description="family robot only: the language instruction of the "
+                                                              "task (default: robot.instruction); a simulated task "
+                                                              "has its own")
     variation_seed: int = 0
     name: str | None = Field(default=None, description="label in reports (default: task[variation])")
 
@@ -81,14 +92,19 @@ class EvalConfig(ConfigModel):
     seed: int = Field(default=100_000, description="first reset seed (away from demo and RL seeds)")
     max_episode_steps: int | None = Field(default=None, gt=0)
     parallel_envs: int = Field(default=10, ge=1, description="envs per task stepped side by side with one batched "
-                                                             "policy call (same episodes, less per-call overhead)")
+                                                             "policy call (same episodes, less per-call overhead); "
+                                                             "family robot: 1 (one arm; the default becomes 1)")
 
 
 class IterateConfig(ConfigModel):
     """One iRe-VLA run. Every stage writes into ``run_dir``; rerunning the same command resumes."""
 
     run_dir: str = "runs/demo"
-    family: Literal["metaworld", "kitchen"] = "metaworld"
+    family: Literal["metaworld", "kitchen", "robot"] = Field(default="metaworld", description=(
+        "simulated family, or robot: the real-robot env over the ROS 2 topics (sim_robot serves the same ones)"))
+    robot: RobotEnvConfig | None = Field(default=None, description=(
+        "family robot: the env's topics, cameras, success topic, control rate and time limit (RobotEnvConfig); "
+        "task and instruction come from the task lists"))
     demos: DemosConfig | None = Field(default=None, description="record expert demos D_e first (sim)")
     expert_data: tuple[str, ...] = Field(default=(), description="existing D_e directories (instead of or besides "
                                                                  "demos)")
@@ -104,8 +120,24 @@ class IterateConfig(ConfigModel):
     eval: EvalConfig = EvalConfig()
     threads: int = Field(default=1, ge=1, description="torch CPU threads of the actor / SFT")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_arm_evaluates_one_env(cls, data):
+        """On the robot an unset eval.parallel_envs is 1, not the simulation's 10 (one arm, one env)."""
+        if not isinstance(data, dict) or data.get("family") != "robot":
+            return data
+        evaluation = data.get("eval")
+        if evaluation is None:
+            return {**data, "eval": {"parallel_envs": 1}}
+        if isinstance(evaluation, dict) and "parallel_envs" not in evaluation:
+            return {**data, "eval": {**evaluation, "parallel_envs": 1}}
+        if isinstance(evaluation, EvalConfig) and "parallel_envs" not in evaluation.model_fields_set:
+            return {**data, "eval": evaluation.model_copy(update={"parallel_envs": 1})}
+        return data
+
     @model_validator(mode="after")
     def _has_data(self) -> IterateConfig:
+        self._check_family()
         if self.init is None and self.demos is None and not self.expert_data:
             raise ValueError("give demos (record D_e), expert_data (existing D_e) or init (a trained checkpoint)")
         if self.init is None and self.sft_config is None:
@@ -113,6 +145,36 @@ class IterateConfig(ConfigModel):
         if self.expert_tasks is None and self.demos is None:
             raise ValueError("expert_tasks is required when no demos are recorded")
         return self
+
+    def _check_family(self) -> None:
+        groups = {"expert_tasks": self.expert_tasks or (), "rl_tasks": self.rl_tasks, "unseen_tasks": self.unseen_tasks}
+        if self.family != "robot":
+            if self.robot is not None:
+                raise ValueError(f"robot: the robot section is only for family: robot (family is {self.family!r})")
+            for key, tasks in groups.items():
+                for i, ref in enumerate(tasks):
+                    if ref.instruction is not None:
+                        raise ValueError(f"{key}[{i}].instruction: only for family: robot; a simulated task has "
+                                         f"its own instruction")
+            return
+        if self.robot is None:
+            raise ValueError("robot: family robot needs a robot section (topics, cameras, success_topic, "
+                             "control_hz, max_episode_steps; irevla.robot.config.RobotEnvConfig, "
+                             "config/iterate_robot.yaml)")
+        if self.demos is not None:
+            raise ValueError("demos: scripted experts exist only in simulation; on the robot give expert_data "
+                             "(teleop demos recorded with the recorder) or init (a trained checkpoint)")
+        if self.init is None and not self.expert_data:
+            raise ValueError("expert_data: family robot needs expert_data (teleop demos D_e for stage 0) or init "
+                             "(a trained checkpoint)")
+        if self.eval.parallel_envs != 1:
+            raise ValueError(f"eval.parallel_envs: the robot is one arm, so 1 (or leave it out), got "
+                             f"{self.eval.parallel_envs}")
+        for key, tasks in groups.items():
+            for i, ref in enumerate(tasks):
+                if ref.variation:
+                    raise ValueError(f"{key}[{i}].variation: variations ({ref.variation!r}) are simulated scene "
+                                     f"changes; on the robot change the scene and name the task instead")
 
     @property
     def expert_group(self) -> tuple[TaskRef, ...]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from irevla.data.episode import Episode, EpisodeBuilder
 from irevla.data.store import EpisodeStore
@@ -70,13 +71,18 @@ def run_episode(env, policy: VLAPolicy, seed: int, builder: EpisodeBuilder | Non
 def evaluate_policy(policy: VLAPolicy, tasks: Sequence[str], episodes: int = 10, family: str = "metaworld",
                     seed: int = EVAL_SEED_START, image_size: int | None = None, max_episode_steps: int | None = None,
                     variation: str = "", variation_seed: int = 0, record_dir: str | Path | None = None,
-                    progress: Callable[[str], None] | None = None, parallel_envs: int = 1) -> EvaluationReport:
+                    progress: Callable[[str], None] | None = None, parallel_envs: int = 1,
+                    make_env: Callable[[str], Any] | None = None) -> EvaluationReport:
     """Success rate of `policy` on each task over `episodes` seeded episodes (seeds ``seed .. seed + episodes - 1``).
 
     `image_size` defaults to the size of the policy's training images; cameras are the policy's. With
     `parallel_envs` > 1 that many envs of a task run side by side and one `act_batch` call serves all their current
     observations (the per-call overhead of a small network dominates on a CPU); every episode still has its own
     seed and env, so the episodes are the same ones, only batched.
+
+    `make_env(task)` builds the env of a task instead of the simulated `family` (`variation` is then only recorded
+    in the metadata): `irevla iterate` evaluates on the robot this way. Any contract env works (reset(seed=...),
+    step, task_spec, close, ``info["success"]``).
     """
     from irevla.sim.registry import make_env_by_name
 
@@ -84,12 +90,16 @@ def evaluate_policy(policy: VLAPolicy, tasks: Sequence[str], episodes: int = 10,
         raise ValueError(f"evaluate_policy: parallel_envs must be >= 1, got {parallel_envs}")
     if image_size is None:
         image_size = policy.observation_spec.cameras[policy.cameras[0]][0]
+    if make_env is None:
+        def make_env(task: str):
+            return make_env_by_name(family, task, cameras=policy.cameras, image_size=image_size,
+                                    max_episode_steps=max_episode_steps, variation=variation,
+                                    variation_seed=variation_seed)
+
     store = EpisodeStore(record_dir) if record_dir is not None else None
     report = EvaluationReport()
     for task in tasks:
-        envs = [make_env_by_name(family, task, cameras=policy.cameras, image_size=image_size,
-                                 max_episode_steps=max_episode_steps, variation=variation,
-                                 variation_seed=variation_seed) for _ in range(min(parallel_envs, episodes))]
+        envs = [make_env(task) for _ in range(min(parallel_envs, episodes))]
         metadata = {"policy": policy.checkpoint_id or "", "variation": variation, "variation_seed": variation_seed}
         try:
             report.tasks.append(_evaluate_task(policy, task, envs, list(range(seed, seed + episodes)), store,

@@ -9,7 +9,8 @@ base frame); reward 1.0 on success (``success_topic``), which also terminates; t
 and returns the freshest observation. Safety is franka_control's: the env never talks to a controller directly.
 
 The env spins its own rclpy node on a background thread (``rclpy.init()`` is called if nobody did). Registered as
-``irevla/Robot-v0`` (``gymnasium.make("irevla/Robot-v0", config=RobotEnvConfig(...))``).
+``irevla/Robot-v0`` (``gymnasium.make("irevla/Robot-v0", config=RobotEnvConfig(...))``). `irevla iterate` with
+``family: robot`` builds it through `irevla.learner.envs` for stage 1 and evaluation.
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ class RobotEnv(ContractEnv):
 
     # --------------------------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Home the arm (franka_control's reset service) and return the first observation taken after it.
+
+        `seed` seeds only gymnasium's ``np_random`` (nothing here draws from it): a seed cannot place a real object,
+        so on the robot an episode's seed labels it and does not reproduce its start. The start is the home pose and
+        whatever scene a person (or sim_robot's own randomisation) set up.
+        """
         super().reset(seed=seed)
         if not self._reset_client.wait_for_service(timeout_sec=self.config.reset_timeout):
             raise RobotEnvError(f"reset service {self.config.topics.reset_service} is not available "
