@@ -115,17 +115,15 @@ def write_learner_init(directory: str | Path, policy, *, latent: str, algorithm:
         episodes = observations = 0
         tasks: dict[str, None] = {}
         if demo_dirs is not None:
+            from tqdm import tqdm
+
             from irevla.learner.actor import LatentActor
 
             actor = LatentActor(policy, latent)
             # One episode in memory at a time (images included), in EpisodeCollection.episodes' order.
-            from tqdm import tqdm
-
-            infos = EpisodeCollection(demo_dirs).index(task=task)
+            infos = EpisodeCollection(demo_dirs).index(task=task, success=True)
             for info in tqdm(infos, desc="encoding demos", unit="ep", disable=not progress, dynamic_ncols=True):
                 episode = read_episode(info.path)
-                if not episode.success:
-                    continue
                 if episode.actions.shape[1] != spec.action_dim:
                     raise HandoffError(f"{info.path}: actions have {episode.actions.shape[1]} values per step, "
                                        f"the policy's head {spec.action_dim} {list(spec.action_names)}")

@@ -309,7 +309,7 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
     link = ZmqLearnerLink(address, token_file.read_text().strip(), actor_id=actor_id)
     actor = LatentActor(policy, rl.latent, seed=rl.seed + state["episodes"],
                         initial_log_std=rl.learner.sac.initial_log_std, noise_beta=rl.noise_beta,
-                        noise_horizon=rl.max_episode_steps or 500)
+                        noise_horizon=max(2, env.task_spec.max_episode_steps))
     started = time.monotonic()
     finished = False
     try:

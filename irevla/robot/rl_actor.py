@@ -23,7 +23,8 @@ episode store: D_RL for stage 2 (successes; failures too with ``record_failures`
 The runner is `irevla.robot.policy_runner.LatentActorRunner` on the robot (the sim loop's `LatentActor`: pooled or
 token latents, exploration with the learner's log-std); anything with ``encode``, ``act_from_latent``,
 ``load_head_state``, ``version`` and ``action_spec`` will do (a `PolicyRunner` acts on the VLM's tokens, without
-exploration). Next-observations are by index (step t + 1 of the same episode, then the episode end's final
+exploration); ``start_episode``, where the runner has it, is called by every `begin_episode` (the per-episode
+exploration noise). Next-observations are by index (step t + 1 of the same episode, then the episode end's final
 latent), as the episode store does, so each latent is sent once.
 """
 
