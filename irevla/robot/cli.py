@@ -109,6 +109,7 @@ def run_stack(plan: dict[str, Any], duration: float | None = None, threads: int 
     from irevla.robot.nodes.recorder import RecorderNode
     from irevla.robot.nodes.sim_robot import SimRobotNode
     from irevla.robot.nodes.vla_policy import VLAPolicyNode
+    from irevla.robot.ros_edge import arm_exit_guard
 
     builders = {"sim_robot": SimRobotNode, "franka_control": FrankaControlNode,
                 "realsense_camera": RealSenseCameraNode, "vla_policy": VLAPolicyNode, "recorder": RecorderNode}
@@ -136,6 +137,7 @@ def run_stack(plan: dict[str, Any], duration: float | None = None, threads: int 
     except KeyboardInterrupt:
         pass
     finally:
+        arm_exit_guard(grace_s=10.0, label="irevla robot up")
         if timer is not None:
             timer.cancel()  # after Ctrl-C: do not wait for the duration to run out at exit
         summary = _summary(nodes)

@@ -12,14 +12,20 @@ never do.
   commands re-sent at a control rate) with ``event_callbacks=STREAM_EVENTS`` (below: why).
 * `run_nodes(make_nodes)` is the body of every console script: init, build, spin a MultiThreadedExecutor,
   shut down cleanly on Ctrl-C or SIGTERM, print configuration errors as one line.
+* `arm_exit_guard()`: once a process has been asked to stop, it ends within `SHUTDOWN_GRACE_S` even when a
+  callback is stuck, and says where it was stuck.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import rclpy
@@ -76,8 +82,43 @@ def wall_time() -> float:
     return time.time()
 
 
+SHUTDOWN_GRACE_S = 4.0  # ros2 launch escalates SIGINT to SIGTERM after 5 s (sigterm_timeout)
+FORCED_EXIT_STATUS = 1
+
+
+def arm_exit_guard(grace_s: float = SHUTDOWN_GRACE_S, label: str = "") -> None:
+    """Call when a console script starts shutting down: if the process is still alive `grace_s` later, print where
+    every other thread is (innermost frames) and end it with `FORCED_EXIT_STATUS`.
+
+    Why: a callback blocked in a MultiThreadedExecutor worker (a service handler waiting on the robot, a driver
+    call that never returns) keeps the process alive: `MultiThreadedExecutor.shutdown()` joins the worker threads,
+    and so does `concurrent.futures` again at interpreter exit. `ros2 launch` would then SIGKILL the node 10 s
+    later with no word about the cause. The guard is a daemon thread, so a process that exits in time never sees
+    it; it covers the interpreter's own exit too, so only call it from a process's main body (never in-process
+    from a library or a test)."""
+
+    def guard() -> None:
+        time.sleep(grace_s)
+        frames = sys._current_frames()
+        lines = [f"{label or 'irevla'}: shutdown did not finish within {grace_s:g} s; still running:"]
+        for thread in threading.enumerate():
+            if thread is threading.current_thread() or thread.ident not in frames:
+                continue
+            where = traceback.extract_stack(frames[thread.ident])[-3:]
+            lines.append(f"  thread {thread.name}: " + " <- ".join(
+                f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(where)))
+        lines.append(f"exiting with status {FORCED_EXIT_STATUS}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+        os._exit(FORCED_EXIT_STATUS)
+
+    threading.Thread(target=guard, name="exit-guard", daemon=True).start()
+
+
 def run_nodes(make_nodes: Callable[[], Sequence[Node]], args: Sequence[str] | None = None, threads: int = 4) -> int:
-    """Console-script body: returns the process exit status."""
+    """Console-script body: returns the process exit status.
+
+    Stop order: the executor first (no new callbacks; running ones finish), then each node's `close()` (backends,
+    devices), then the nodes and the context; all of it under `arm_exit_guard`."""
     rclpy.init(args=list(args) if args is not None else sys.argv)
     nodes: Sequence[Node] = ()
     executor = MultiThreadedExecutor(num_threads=threads)
@@ -103,12 +144,15 @@ def run_nodes(make_nodes: Callable[[], Sequence[Node]], args: Sequence[str] | No
         # initialize wait set: the given context is not valid" (RCLError) instead of ExternalShutdownException. It is
         # the same clean stop (seen as exit status 1 under `ros2 launch`-style SIGINT in the end-to-end test).
     finally:
+        arm_exit_guard(label=", ".join(node.get_name() for node in nodes) or None)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during cleanup ends the process
+        executor.shutdown(timeout_sec=1.0)
         for node in nodes:
             close = getattr(node, "close", None)
             if close is not None:
                 close()
+        for node in nodes:
             node.destroy_node()
-        executor.shutdown(timeout_sec=1.0)
         if rclpy.ok():
             rclpy.shutdown()
     return 0
