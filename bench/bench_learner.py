@@ -11,7 +11,9 @@ MLP [256, 256], proprio 4, action 4), in both latent modes (`HeadSpec.latent`):
   utd 4 (the default) and utd 1; ``transitions_per_s`` = updates/s x utd x 256 (critic-step samples);
 * ``encode_s``: the time the frozen VLM (torch, `VLAPolicy.encode`, no grad) needs for the images of one update's
   batch -- observation and next observation of utd x 256 transitions -- which is what an RL step on images instead
-  of cached latents would add; ``reencode_ratio`` = (update + encode) / update, the slowdown avoided by caching.
+  of cached latents would add; ``reencode_ratio`` = (update + encode) / update, the slowdown avoided by caching;
+* ``ensembles``: config/demo.yaml's learner (pooled latents, utd 2, batch 128) with REDQ's 10 critics at the head's
+  width against the demo's 4 critics 128 wide, and the speed-up between them (same run).
 
 Medians over `repeats` timed calls after a warm-up (the first call compiles), because other load on a small machine
 makes single calls noisy. JAX and torch run with `--threads` threads (default 1: on a busy 2-core machine one thread
@@ -106,22 +108,35 @@ def filled_buffers(spec, rng, transitions: int):
     return buffers
 
 
-def bench_updates(spec, utd: int, repeats: int) -> dict:
+def bench_updates(spec, utd: int, repeats: int, critics: int = CRITICS, batch: int = BATCH,
+                  critic_hidden: tuple[int, ...] | None = None) -> dict:
     import numpy as np
 
     from irevla.learner.sac import SACAgent, SACConfig, SACTrainer
 
     rng = np.random.default_rng(0)
-    agent = SACAgent(spec, SACConfig(num_critics=CRITICS, batch_size=BATCH, utd=utd))
+    agent = SACAgent(spec, SACConfig(num_critics=critics, batch_size=batch, utd=utd, critic_hidden=critic_hidden))
     demo, online = filled_buffers(spec, rng, 4000)
     trainer = SACTrainer(agent, agent.init(None), demo, online, rng)
     start = time.perf_counter()
     trainer.step()  # compiles
     compile_s = time.perf_counter() - start
     seconds = timed(trainer.step, repeats, warmup=1)  # step() returns floats: the update has finished
-    return {"latent": spec.latent, "latent_shape": list(spec.latent_shape), "utd": utd, "batch": BATCH,
-            "critics": CRITICS, "update_s": seconds, "updates_per_s": 1 / seconds,
-            "transitions_per_s": utd * BATCH / seconds, "compile_s": compile_s}
+    return {"latent": spec.latent, "latent_shape": list(spec.latent_shape), "utd": utd, "batch": batch,
+            "critics": critics, "critic_hidden": list(critic_hidden or spec.hidden), "update_s": seconds,
+            "updates_per_s": 1 / seconds, "transitions_per_s": utd * batch / seconds, "compile_s": compile_s}
+
+
+# config/demo.yaml's stage-1 learner before and after it moved to a smaller ensemble (pooled latents, utd 2, batch
+# 128): the ratio is what the demo's learner gained in updates per CPU second.
+ENSEMBLES = ({"critics": 10, "critic_hidden": None}, {"critics": 4, "critic_hidden": (128, 128)})
+
+
+def bench_ensembles(spec, repeats: int) -> list[dict]:
+    rows = [bench_updates(spec, 2, repeats, batch=128, **ensemble) for ensemble in ENSEMBLES]
+    for row in rows:
+        row["speedup_vs_first"] = rows[0]["update_s"] / row["update_s"]
+    return rows
 
 
 def bench_encode(policy, images: int, repeats: int, chunk: int = 256) -> float:
@@ -205,7 +220,14 @@ def main(argv: list[str] | None = None) -> dict:
         "updates": updates,
         "reencode": reencode,
     }
+    ensembles = [] if args.quick else bench_ensembles(HeadSpec.from_policy(policy, latent="pooled"), repeats)
+    report["ensembles"] = ensembles
     print_table(updates, reencode)
+    if ensembles:
+        print("\nconfig/demo.yaml's learner (pooled, utd 2, batch 128):")
+        for row in ensembles:
+            print(f"  {row['critics']:>2} critics {str(row['critic_hidden']):>12}: {row['updates_per_s']:7.3g} "
+                  f"updates/s  ({row['speedup_vs_first']:.2f}x the first)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
