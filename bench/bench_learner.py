@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         reencode.append({"latent": row["latent"], "utd": row["utd"], "images": 2 * row["utd"] * BATCH,
                          "update_s": row["update_s"], "encode_s": seconds,
                          "reencode_ratio": (row["update_s"] + seconds) / row["update_s"]})
+    ensembles = [] if args.quick else bench_ensembles(HeadSpec.from_policy(policy, latent="pooled"), repeats)
     report = {
         "benchmark": "learner",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -219,9 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
                                "latent_shape": list(policy.latent_shape)}},
         "updates": updates,
         "reencode": reencode,
+        "ensembles": ensembles,
     }
-    ensembles = [] if args.quick else bench_ensembles(HeadSpec.from_policy(policy, latent="pooled"), repeats)
-    report["ensembles"] = ensembles
     print_table(updates, reencode)
     if ensembles:
         print("\nconfig/demo.yaml's learner (pooled, utd 2, batch 128):")

@@ -144,7 +144,7 @@ def run_nodes(make_nodes: Callable[[], Sequence[Node]], args: Sequence[str] | No
         # initialize wait set: the given context is not valid" (RCLError) instead of ExternalShutdownException. It is
         # the same clean stop (seen as exit status 1 under `ros2 launch`-style SIGINT in the end-to-end test).
     finally:
-        arm_exit_guard(label=", ".join(node.get_name() for node in nodes) or None)
+        arm_exit_guard(label=", ".join(node.get_name() for node in nodes))
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during cleanup ends the process
         executor.shutdown(timeout_sec=1.0)
         for node in nodes:
