@@ -34,7 +34,7 @@ class UserError(Exception):
 # ------------------------------------------------------------------------------------------------------ commands
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The simulated demo: the whole iRe-VLA loop on the embedded default (``irevla iterate`` on config/demo.yaml)."""
-    from irevla.learner.cli import _cmd_iterate
+    from irevla.iterate.cli import _cmd_iterate
 
     args.set = list(args.set or [])
     return _cmd_iterate(args)
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sft_parser(commands)
     add_policy_parser(commands)
 
-    from irevla.learner.cli import add_iterate_parser, add_learner_parser  # argparse only; jax loads when run
+    from irevla.iterate.cli import add_iterate_parser, add_learner_parser  # argparse only; torch/jax load when run
 
     add_iterate_parser(commands)
     add_learner_parser(commands)
@@ -235,8 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     user_errors: tuple[type[BaseException], ...] = (UserError, ConfigError, ContractError, FileNotFoundError)
     try:
-        from irevla.learner.handoff import HandoffError
-        from irevla.learner.loop import LoopError
+        from irevla.iterate.handoff import HandoffError
+        from irevla.iterate.loop import LoopError
 
         user_errors += (LoopError, HandoffError)
     except ImportError:

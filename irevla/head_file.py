@@ -19,6 +19,8 @@ import numpy as np
 
 from irevla.atomic_io import atomic_write_bytes
 
+# The exploration std the learner publishes beside the head's tensors (not a head tensor: the actor keeps it apart).
+LOG_STD_NAME = "exploration.log_std"
 HEAD_FORMAT = "irevla-head"
 HEAD_VERSION = 1
 

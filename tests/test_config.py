@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_demo_config_loads():
-    from irevla.learner.loop_config import IterateConfig
+    from irevla.iterate.config import IterateConfig
 
     config = load_config(REPO / "config" / "demo.yaml", IterateConfig)
     assert config.demos.family == "metaworld" and config.demos.episodes > 0

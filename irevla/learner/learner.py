@@ -4,7 +4,7 @@
 process (``irevla learner serve``). What crosses the boundary:
 
 * in: `Transition` (latent, proprio, executed action in env units, intervention flag) and `EpisodeEnd` (final
-  observation + the binary success label from the env or a human) -- see `irevla.learner.messages`;
+  observation + the binary success label from the env or a human) -- see `irevla.transport.messages`;
 * out: the actor head's parameters, torch-named as ``VLAPolicy.head_state()`` (only ``mlp.*`` with pooled latents),
   plus ``exploration.log_std`` -- the actor samples ``tanh(mu + std * eps)`` around the head's mean.
 
@@ -34,15 +34,14 @@ from typing import Any
 import numpy as np
 
 from irevla.atomic_io import atomic_write_bytes, atomic_write_text
+from irevla.head_file import LOG_STD_NAME
 from irevla.learner.config import LearnerConfig, SACConfig  # noqa: F401 (re-exported)
 from irevla.learner.flax_head import HeadSpec
-from irevla.learner.messages import EpisodeEnd, Transition
+from irevla.transport.messages import EpisodeEnd, Transition
 from irevla.learner.replay import LatentReplay
 from irevla.learner.sac import SACAgent, SACTrainer, sac_state_arrays, sac_state_from_arrays
 
 log = logging.getLogger("irevla.learner")
-
-LOG_STD_NAME = "exploration.log_std"
 
 
 @dataclass

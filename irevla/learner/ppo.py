@@ -43,8 +43,8 @@ from pydantic import Field
 from irevla.atomic_io import atomic_write_bytes, atomic_write_text
 from irevla.config import ConfigModel
 from irevla.learner.flax_head import FlaxHead, HeadSpec, check_tree_matches, params_from_state, state_from_params
-from irevla.learner.learner import LOG_STD_NAME
-from irevla.learner.messages import EpisodeEnd, Transition
+from irevla.head_file import LOG_STD_NAME
+from irevla.transport.messages import EpisodeEnd, Transition
 from irevla.learner.replay import LatentReplay
 from irevla.learner.sac import EPS, LOG_STD_MAX, LOG_STD_MIN
 from irevla.learner.sac import sac_state_arrays as tree_arrays  # generic: any pytree -> named arrays

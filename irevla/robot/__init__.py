@@ -12,6 +12,6 @@ Cores (no rclpy; unit-tested on their own):
 
 The rclpy edge: `nodes/` (one console script each), `backends/` (sim, franka_ros2, multipanda), `ros_edge`,
 `env` (the robot as a gymnasium env over the topics) and `cli` (``irevla robot``). Nothing outside this package
-imports it except the CLI and `irevla iterate` with ``family: robot`` (`irevla.learner.loop_config` reads the
-rclpy-free `config.RobotEnvConfig`; `irevla.learner.envs` imports `env` only when a robot run builds it).
+imports it except the CLI and `irevla iterate` with ``family: robot`` (`irevla.iterate.config` reads the
+rclpy-free `config.RobotEnvConfig`; `irevla.iterate.envs` imports `env` only when a robot run builds it).
 """

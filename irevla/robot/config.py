@@ -276,7 +276,7 @@ class RlActorConfig(ConfigModel):
     seed: int = Field(default=0, description="exploration noise seed")
     noise_beta: float = Field(default=0.0, ge=0, le=2, description="colour of the exploration noise over an "
                                                                    "episode: 0 white, 1 pink (keeps a drift for "
-                                                                   "tens of steps), 2 red (irevla.learner.actor)")
+                                                                   "tens of steps), 2 red (irevla.policy.latent_actor)")
     max_episode_steps: int = Field(default=100, ge=1, description="episode time limit in control steps")
     on_time_limit: Literal["failure", "wait"] = Field(
         default="failure", description="failure: end the episode unsuccessful at the limit; wait: hold the arm "

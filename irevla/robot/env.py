@@ -10,7 +10,7 @@ and returns the freshest observation. Safety is franka_control's: the env never 
 
 The env spins its own rclpy node on a background thread (``rclpy.init()`` is called if nobody did). Registered as
 ``irevla/Robot-v0`` (``gymnasium.make("irevla/Robot-v0", config=RobotEnvConfig(...))``). `irevla iterate` with
-``family: robot`` builds it through `irevla.learner.envs` for stage 1 and evaluation.
+``family: robot`` builds it through `irevla.iterate.envs` for stage 1 and evaluation.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 this file. No ROS here; torch is imported when a runner is built.
 
 `LatentActorRunner` is a runner in stage-1 RL (vla_policy's ``rl_actor`` mode): the sim loop's actor,
-`irevla.learner.actor.LatentActor`, behind the interface `irevla.robot.rl_actor.RlActorCore` drives, so the robot
+`irevla.policy.latent_actor.LatentActor`, behind the interface `irevla.robot.rl_actor.RlActorCore` drives, so the robot
 streams the same latents, explores the same way and applies the same head messages as the simulated actor.
 
 Sources: a checkpoint directory (`irevla.policy.checkpoint.load_policy`), or the ``tiny`` preset -- a small BLIP-2
@@ -161,12 +161,12 @@ class LatentActorRunner:
     the token learner's output, fp16 (1, D) with mask [True]; ``tokens``: the VLM's fp16 (m, d) tokens + mask),
     `act_from_latent` the action on it -- ``tanh(mu + exp(log_std) * eps)`` in unit space when exploring, the head's
     mean ``tanh(mu)`` (exactly the deployed VLA) otherwise -- and `load_head_state` takes the learner's message
-    (``mlp.*`` in pooled mode, plus ``exploration.log_std``). All three are `LatentActor`'s code; imports jax via
-    irevla.learner (the learner extra)."""
+    (``mlp.*`` in pooled mode, plus ``exploration.log_std``). All three are `LatentActor`'s code (torch only: the
+    robot never loads JAX)."""
 
     def __init__(self, runner: PolicyRunner, latent: str = "pooled", explore: bool = True, seed: int = 0,
                  initial_log_std: float = -1.6, noise_beta: float = 0.0, noise_horizon: int = 1000) -> None:
-        from irevla.learner.actor import LatentActor
+        from irevla.policy.latent_actor import LatentActor
 
         self.runner, self.explore = runner, bool(explore)
         with runner._lock:

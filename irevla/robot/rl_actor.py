@@ -1,7 +1,7 @@
 """Stage-1 RL on the robot (vla_policy's ``rl_actor`` mode): the actor's core, without ROS.
 
 The messages (`Transition`, `EpisodeEnd`), the `LearnerLink` protocol and `InMemoryLearnerLink` live in
-`irevla.learner.messages` (the learner must not import the robot); `irevla.learner.transport.ZmqLearnerLink` carries
+`irevla.transport.messages` (the learner must not import the robot); `irevla.transport.zmq_link.ZmqLearnerLink` carries
 them to a learner in another process or on another machine (docs/overnight.md, "Actor/learner transport").
 `RlActorCore` is the actor's side of one robot:
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from irevla.learner.messages import InMemoryLearnerLink, LearnerLink, Transition
+from irevla.transport.messages import InMemoryLearnerLink, LearnerLink, Transition
 from irevla.robot.rl_episodes import RlEpisodeRecorder
 from irevla.spec import Observation
 

@@ -2,7 +2,7 @@
 
 The learner gets latents only (DESIGN.md: latents, not images, in the replay). Stage 2 retrains the whole VLA
 (LoRA + head) on D_e ∪ D_RL, so it needs what the camera saw. The simulation loop keeps every successful stage-1
-episode in ``d_rl/`` (``source: rl``, irevla/learner/loop.py). `RlEpisodeRecorder` does the same for vla_policy's
+episode in ``d_rl/`` (``source: rl``, irevla/iterate/loop.py). `RlEpisodeRecorder` does the same for vla_policy's
 ``rl_actor`` mode (``rl_actor.record_dir``). `irevla.robot.rl_actor.RlActorCore` calls it on every step, with the
 observation the actor acted on and the action it executed: the policy's, or the human's during an intervention
 (flagged in ``Episode.interventions``). At the episode's end it adds the final observation and the label.

@@ -10,8 +10,9 @@ pytest.importorskip("jax")
 from point_reach import point_spec  # noqa: E402
 
 from irevla.learner.config import LearnerConfig, SACConfig  # noqa: E402
-from irevla.learner.learner import LOG_STD_NAME, Learner  # noqa: E402
-from irevla.learner.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
+from irevla.head_file import LOG_STD_NAME  # noqa: E402
+from irevla.learner.learner import Learner  # noqa: E402
+from irevla.transport.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
 
 
 def _send_episode(learner, actor, episode, steps, success, skip_step=None):

@@ -14,8 +14,8 @@ import optax  # noqa: E402
 from point_reach import HORIZON, PointReach, point_spec  # noqa: E402
 
 from irevla.learner.flax_head import FlaxHead, HeadSpec, params_from_state, state_from_params  # noqa: E402
-from irevla.learner.learner import LOG_STD_NAME  # noqa: E402
-from irevla.learner.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
+from irevla.head_file import LOG_STD_NAME  # noqa: E402
+from irevla.transport.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
 from irevla.learner.ppo import PPOAgent, PPOConfig, PPOLearner, gae  # noqa: E402
 from irevla.learner.sac import SACAgent, SACConfig  # noqa: E402
 

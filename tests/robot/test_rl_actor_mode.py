@@ -13,13 +13,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("zmq", reason="the rl_actor mode needs pyzmq (the learner extra)")
-pytest.importorskip("jax", reason="LatentActor lives in irevla.learner (the learner extra)")
+pytest.importorskip("torch", reason="LatentActor is torch (the policy extra)")
 
 from netns import run_isolated  # noqa: E402
 
-from irevla.learner.learner import LOG_STD_NAME  # noqa: E402
-from irevla.learner.messages import EpisodeEnd, InMemoryLearnerLink, Transition  # noqa: E402
-from irevla.learner.transport import LearnerServer, ZmqLearnerLink  # noqa: E402
+from irevla.head_file import LOG_STD_NAME  # noqa: E402
+from irevla.transport.messages import EpisodeEnd, InMemoryLearnerLink, Transition  # noqa: E402
+from irevla.transport.zmq_link import LearnerServer, ZmqLearnerLink  # noqa: E402
 from irevla.robot.config import PolicySourceConfig  # noqa: E402
 from irevla.robot.policy_runner import LatentActorRunner, PolicyRunner  # noqa: E402
 from irevla.robot.rl_actor import RlActorCore  # noqa: E402

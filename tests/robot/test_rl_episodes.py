@@ -11,11 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-pytest.importorskip("jax", reason="LatentActor lives in irevla.learner (the learner extra)")
+pytest.importorskip("torch", reason="LatentActor is torch (the policy extra)")
 
 from irevla.data import EpisodeStore, read_episode  # noqa: E402
-from irevla.learner.learner import LOG_STD_NAME  # noqa: E402
-from irevla.learner.messages import InMemoryLearnerLink  # noqa: E402
+from irevla.head_file import LOG_STD_NAME  # noqa: E402
+from irevla.transport.messages import InMemoryLearnerLink  # noqa: E402
 from irevla.robot.config import PolicySourceConfig  # noqa: E402
 from irevla.robot.policy_runner import LatentActorRunner, PolicyRunner  # noqa: E402
 from irevla.robot.rl_actor import RlActorCore  # noqa: E402

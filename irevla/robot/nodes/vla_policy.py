@@ -14,7 +14,7 @@ Modes:
 
 * ``deploy``: the above, every tick.
 * ``rl_actor``: stage-1 RL episodes streamed to the learner (``irevla learner serve``) over
-  `irevla.learner.transport.ZmqLearnerLink` (``rl_actor.learner_address``, token from $IREVLA_LEARNER_TOKEN or
+  `irevla.transport.zmq_link.ZmqLearnerLink` (``rl_actor.learner_address``, token from $IREVLA_LEARNER_TOKEN or
   $IREVLA_LEARNER_TOKEN_FILE); the node is a thin shell over `irevla.robot.rl_actor.RlActorCore`. Services
   (std_srvs/Trigger): ``~/start_episode`` (calls franka_control's ``topics.reset_service`` first when
   ``rl_actor.reset_before_episode``), ``~/end_episode_success`` and ``~/end_episode_failure`` (the human's label).
@@ -141,7 +141,7 @@ class VLAPolicyNode(Node):
     def _check_learner_setup(self) -> bytes:
         """rl_actor needs pyzmq and the learner's token: say so at start, not after the model has loaded."""
         try:
-            from irevla.learner.transport import TransportError, load_token
+            from irevla.transport.zmq_link import TransportError, load_token
         except ImportError as exc:
             raise ConfigError(f"vla_policy: mode rl_actor needs the learner extra ({exc})") from None
         try:
@@ -175,7 +175,7 @@ class VLAPolicyNode(Node):
                                       initial_log_std=settings.initial_log_std, noise_beta=settings.noise_beta,
                                       noise_horizon=max(2, settings.max_episode_steps))
             if self.link is None:
-                from irevla.learner.transport import ZmqLearnerLink
+                from irevla.transport.zmq_link import ZmqLearnerLink
 
                 self.link = ZmqLearnerLink(settings.learner_address, self._learner_token, actor_id=settings.actor_id)
                 self._own_link = True

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from irevla.config import ConfigError, load_config
-from irevla.learner.envs import robot_env_config
-from irevla.learner.loop import stage_names
-from irevla.learner.loop_config import IterateConfig
+from irevla.iterate.envs import robot_env_config
+from irevla.iterate.loop import stage_names
+from irevla.iterate.config import IterateConfig
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "iterate_robot.yaml"
@@ -39,8 +39,8 @@ def test_the_example_config_loads_and_needs_no_ros():
     # In a fresh interpreter: loading the robot run's config and deriving its env settings must not import rclpy.
     code = ("import sys\n"
             "from irevla.config import load_config\n"
-            "from irevla.learner.envs import robot_env_config\n"
-            "from irevla.learner.loop_config import IterateConfig\n"
+            "from irevla.iterate.envs import robot_env_config\n"
+            "from irevla.iterate.config import IterateConfig\n"
             f"config = load_config({str(EXAMPLE)!r}, IterateConfig)\n"
             "env = robot_env_config(config, config.rl_tasks[0], cameras=['wrist'], image_size=64,"
             " max_episode_steps=None)\n"

@@ -1,7 +1,7 @@
 """The actor <-> learner transport of stage-1 RL, over ZeroMQ: transitions go actor -> learner, heads learner -> actor.
 
 The learner (`LearnerServer`, a ROUTER socket) runs in its own process, possibly on another machine; each actor
-(`ZmqLearnerLink`, a DEALER socket, implementing `irevla.learner.messages.LearnerLink`) feeds it. Both sides do their
+(`ZmqLearnerLink`, a DEALER socket, implementing `irevla.transport.messages.LearnerLink`) feeds it. Both sides do their
 socket I/O on a background thread, so the actor's control loop and the learner's gradient steps never wait on the
 network, and heartbeats and acknowledgements keep flowing while either is busy.
 
@@ -49,9 +49,9 @@ import numpy as np
 try:
     import zmq
 except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError("irevla.learner.transport needs pyzmq: pip install 'irevla[learner]'") from error
+    raise ImportError("irevla.transport.zmq_link needs pyzmq: pip install 'irevla[learner]'") from error
 
-from irevla.learner.messages import EpisodeEnd, Received, Transition
+from irevla.transport.messages import EpisodeEnd, Received, Transition
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The stage-1 actor side: the torch VLA encodes each observation once and acts with the head the learner sends.
+"""The stage-1 actor (torch side): the torch VLA encodes each observation once and acts with the head the learner sends.
 
 `LatentActor` wraps a `VLAPolicy` whose backbone is frozen:
 
@@ -14,9 +14,8 @@
 * `apply_head(version, params)` loads what the learner published (``mlp.*`` only in pooled mode; the token learner
   then stays as it was when stage 1 started) between steps.
 
-`run_rl_episode` is one simulated episode through `irevla.sim.episode_loop.run_episode`: every step goes to the
-learner link as a `Transition`, the end as an `EpisodeEnd` with the env's success, and the images are recorded (the
-successful ones become D_RL for stage 2, which trains the whole VLM and so needs pixels, not latents).
+`irevla.iterate.actor.run_rl_episode` drives it through one simulated episode; the robot's rl_actor mode drives it
+through `irevla.robot.policy_runner.LatentActorRunner`. Torch only: neither imports JAX.
 """
 
 from __future__ import annotations
@@ -26,10 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from irevla.data.episode import Episode, EpisodeBuilder
-from irevla.learner.learner import LOG_STD_NAME
-from irevla.learner.messages import Transition
-from irevla.sim.episode_loop import run_episode
+from irevla.head_file import LOG_STD_NAME
 from irevla.spec import Observation
 
 
@@ -115,35 +111,3 @@ class LatentActor:
         state.update({name: torch.as_tensor(np.array(array)) for name, array in params.items()})
         self.policy.load_head_state(state, where=f"head message version {version}")
         self.version = int(version)
-
-
-def run_rl_episode(env, actor: LatentActor, link, episode_index: int, seed: int, explore: bool,
-                   builder: EpisodeBuilder, follow_learner: bool = True) -> tuple[bool, int, Episode]:
-    """One episode: stream transitions + the success label to `link`, record the images in `builder`.
-
-    With `follow_learner` the head the learner publishes is applied between steps; without it the actor keeps its
-    current head (the demo rollouts that seed the demo buffer are the starting VLA's, as in the paper).
-    """
-    step = 0
-    actor.start_episode()
-
-    def act(obs: dict, info: dict) -> np.ndarray:
-        nonlocal step
-        head = link.poll_head() if follow_learner else None
-        if head is not None:
-            actor.apply_head(*head)
-        observation = Observation.from_gym(obs)
-        tokens, mask = actor.observe(observation)
-        action = actor.act(explore)
-        link.send_transition(Transition(episode=episode_index, step=step, latent_tokens=tokens, latent_mask=mask,
-                                        proprio=observation.proprio.astype(np.float32),
-                                        action=action.astype(np.float32), intervention=False,
-                                        policy_version=actor.version))
-        step += 1
-        return action
-
-    success, steps, episode = run_episode(env, act, seed, builder)
-    final = episode.observation(episode.n_steps)
-    tokens, mask = actor.observe(final)
-    link.send_episode_end(episode_index, steps, bool(success), (tokens, mask), final.proprio.astype(np.float32))
-    return success, steps, episode

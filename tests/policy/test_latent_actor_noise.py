@@ -11,7 +11,7 @@ pytest.importorskip("colorednoise", reason="coloured noise comes with the learne
 
 from policy_factory import make_episode, make_task, tiny_policy  # conftest puts tests/policy on the path
 
-from irevla.learner.actor import LatentActor
+from irevla.policy.latent_actor import LatentActor
 
 EPISODES, STEPS = 40, 100
 

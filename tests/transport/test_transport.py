@@ -21,8 +21,8 @@ zmq = pytest.importorskip("zmq")
 
 from transport_learner_proc import digest, head_params  # noqa: E402
 
-from irevla.learner.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
-from irevla.learner.transport import (  # noqa: E402
+from irevla.transport.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
+from irevla.transport.zmq_link import (  # noqa: E402
     LearnerServer,
     TransportError,
     ZmqLearnerLink,

@@ -60,7 +60,7 @@ def load_learner_settings(path: str | Path | None):
     (``algorithm``, ``learner``, ``ppo``; each optional, validated as `RLConfig` validates them); defaults for None.
     """
     from irevla.config import ConfigError, read_config_mapping, validate_config
-    from irevla.learner.loop_config import RLConfig
+    from irevla.iterate.config import RLConfig
 
     data: dict = {}
     if path is not None:
@@ -117,7 +117,7 @@ def write_learner_init(directory: str | Path, policy, *, latent: str, algorithm:
         if demo_dirs is not None:
             from tqdm import tqdm
 
-            from irevla.learner.actor import LatentActor
+            from irevla.policy.latent_actor import LatentActor
 
             actor = LatentActor(policy, latent)
             # One episode in memory at a time (images included), in EpisodeCollection.episodes' order.

@@ -33,7 +33,7 @@ from typing import Any
 
 from irevla.atomic_io import atomic_write_text
 from irevla.config import dump_config
-from irevla.learner.loop_config import IterateConfig, TaskRef
+from irevla.iterate.config import IterateConfig, TaskRef
 
 Log = Callable[[str], None]
 STATE_FILE = "state.json"
@@ -142,7 +142,7 @@ def stage_eval(config: IterateConfig, policy_path: str, log: Log) -> dict:
     """Success of the policy on every task of the three groups."""
     import torch
 
-    from irevla.learner.envs import make_task_env
+    from irevla.iterate.envs import make_task_env
     from irevla.policy.checkpoint import load_policy
     from irevla.policy.rollout import evaluate_policy
 
@@ -256,10 +256,10 @@ def _stop_learner(process: subprocess.Popen, log: Log, timeout_s: float = 300) -
 def _write_learner_init(stage_dir: Path, config: IterateConfig, policy, ref: TaskRef, run_dir: Path,
                         log: Log) -> None:
     """What the learner process starts from: head spec, actor head, learner settings and the demo buffer
-    (`irevla.learner.handoff.write_learner_init`, which `irevla learner init` also runs)."""
+    (`irevla.iterate.handoff.write_learner_init`, which `irevla learner init` also runs)."""
     import torch
 
-    from irevla.learner.handoff import is_complete_init, write_learner_init
+    from irevla.iterate.handoff import is_complete_init, write_learner_init
 
     init = stage_dir / "learner_init"
     if is_complete_init(init):
@@ -280,10 +280,11 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
 
     from irevla.data.episode import EpisodeBuilder
     from irevla.data.store import EpisodeStore
-    from irevla.learner.actor import LatentActor, run_rl_episode
-    from irevla.learner.envs import make_task_env
-    from irevla.learner.handoff import merge_head_file
-    from irevla.learner.transport import ZmqLearnerLink
+    from irevla.iterate.actor import run_rl_episode
+    from irevla.policy.latent_actor import LatentActor
+    from irevla.iterate.envs import make_task_env
+    from irevla.iterate.handoff import merge_head_file
+    from irevla.transport.zmq_link import ZmqLearnerLink
     from irevla.policy.checkpoint import load_policy, save_policy
 
     ref = config.rl_tasks[k - 1]
@@ -383,7 +384,7 @@ def _final_rollouts(config: IterateConfig, ref: TaskRef, k: int, policy, state: 
     (``final``), so a resumed stage does not repeat finished episodes.
     """
     from irevla.data.episode import EpisodeBuilder
-    from irevla.learner.envs import make_task_env
+    from irevla.iterate.envs import make_task_env
     from irevla.policy.rollout import run_episode
 
     rl = config.rl
@@ -425,7 +426,7 @@ def current_policy(config: IterateConfig, state: RunState, upto: str) -> str:
 
 
 def run_iterate(config: IterateConfig, log: Log = print, progress_factory=None) -> RunState:
-    from irevla.learner.report import write_report
+    from irevla.iterate.report import write_report
 
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

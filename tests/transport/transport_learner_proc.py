@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from irevla.learner.messages import EpisodeEnd, Received, Transition
+from irevla.transport.messages import EpisodeEnd, Received, Transition
 
 
 def head_params(version: int) -> dict[str, np.ndarray]:
@@ -40,7 +40,7 @@ def describe(received: Received) -> dict:
 
 
 def main() -> None:
-    from irevla.learner.transport import LearnerServer
+    from irevla.transport.zmq_link import LearnerServer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--address", required=True)

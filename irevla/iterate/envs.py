@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from irevla.config import ConfigError
-from irevla.learner.loop_config import IterateConfig, TaskRef
+from irevla.iterate.config import IterateConfig, TaskRef
 from irevla.robot.config import CamerasConfig, RobotEnvConfig
 
 

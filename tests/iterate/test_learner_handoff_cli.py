@@ -99,8 +99,8 @@ def test_init_writes_what_the_learner_loads(base, tmp_path, capsys):
 
 
 def test_init_writes_exactly_what_the_loop_writes(base, tmp_path, capsys):
-    from irevla.learner.loop import _write_learner_init
-    from irevla.learner.loop_config import IterateConfig
+    from irevla.iterate.loop import _write_learner_init
+    from irevla.iterate.config import IterateConfig
 
     rl = {"latent": "tokens", "learner": {"demo_capacity": 300, "sac": {"discount": 0.99}}}
     config = IterateConfig(run_dir=str(tmp_path / "run"), init=str(base / "ckpt"),
@@ -122,8 +122,8 @@ def test_init_writes_exactly_what_the_loop_writes(base, tmp_path, capsys):
 
 def test_loop_from_init_without_expert_data_starts_with_an_empty_demo_buffer(base, tmp_path):
     """A run that starts from a checkpoint (init) with no D_e: stage 1's demo buffer is the VLA's own rollouts."""
-    from irevla.learner.loop import _write_learner_init
-    from irevla.learner.loop_config import IterateConfig
+    from irevla.iterate.loop import _write_learner_init
+    from irevla.iterate.config import IterateConfig
     from irevla.learner.replay import LatentReplay
 
     config = IterateConfig(run_dir=str(tmp_path / "run"), init=str(base / "ckpt"),

@@ -7,7 +7,7 @@ expert, RL and unseen task groups. `config/demo.yaml` is the simulated demo; doc
 ``family: robot`` runs the same loop on the real-robot env (`irevla.robot.env.RobotEnv`, configured by the ``robot``
 section; config/iterate_robot.yaml, docs/robot.md "Iterate on the robot"). Its settings model is plain pydantic
 (`irevla.robot.config` imports no rclpy); the env itself, and with it rclpy, is imported only when a robot run
-builds it (`irevla.learner.envs`).
+builds it (`irevla.iterate.envs`).
 """
 
 from __future__ import annotations
