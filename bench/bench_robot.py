@@ -126,7 +126,8 @@ def ros_measurements(seconds: float) -> dict:
 
 def sim_measurements(seconds: float) -> dict:
     from irevla.robot.config import SimRobotConfig
-    from irevla.robot.sim_robot import PickCubeSim, SimRunner
+    from irevla.robot.sim_runner import SimRunner
+    from irevla.sim.panda import PickCubeSim
 
     sim = PickCubeSim(SimRobotConfig(), render=False)
     sim.step(50)

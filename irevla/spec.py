@@ -9,7 +9,8 @@ Conventions
 * Images: ``uint8`` arrays of shape ``(H, W, 3)``, RGB, upright (row 0 is the top of the picture).
 * Proprio: ``float32[P]``, order given by ``ObservationSpec.proprio_names``. The real robot's default order is
   ``REAL_ROBOT_PROPRIO``: EE position (m, base frame), EE rotation (axis-angle, rad), gripper width (m).
-  The EE rotation is taken *relative to the robot's home orientation* (`ee_rotation_feature`): a gripper pointing
+  The EE rotation is taken *relative to the robot's home orientation* (`irevla.rotations.ee_rotation_feature`,
+  where the quaternion, axis-angle and matrix conventions live; quaternions are x, y, z, w): a gripper pointing
   down or forward is ~pi away from the base frame, right where axis-angle flips sign, while relative to home it
   stays near zero and continuous. The reference is recorded in ``TaskSpec.extra["ee_rotation_reference"]``
   (row-major 3x3).
@@ -28,6 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from irevla.errors import UserError
+
 SCHEMA_VERSION = 1
 
 Frame = Literal["base", "ee"]
@@ -38,7 +41,7 @@ REAL_ROBOT_PROPRIO: tuple[str, ...] = ("ee_x", "ee_y", "ee_z", "ee_rx", "ee_ry",
 METAWORLD_PROPRIO: tuple[str, ...] = ("hand_x", "hand_y", "hand_z", "gripper_open")
 
 
-class ContractError(ValueError):
+class ContractError(UserError, ValueError):
     """A value crossing a module boundary does not match the contract. The message names the field."""
 
 
@@ -317,28 +320,3 @@ class TaskSpec:
     @classmethod
     def from_json(cls, text: str) -> TaskSpec:
         return cls.from_dict(json.loads(text))
-
-
-# --------------------------------------------------------------------------------------------- EE rotation feature
-def rotation_matrix_to_rotvec(mat: Any) -> np.ndarray:
-    """Axis-angle vector (angle in [0, pi]) of a 3x3 rotation matrix; numerically safe near 0 and pi."""
-    mat = np.asarray(mat, dtype=np.float64).reshape(3, 3)
-    cos = np.clip((np.trace(mat) - 1.0) / 2.0, -1.0, 1.0)
-    angle = math.acos(cos)
-    if angle < 1e-6:
-        return np.array([mat[2, 1] - mat[1, 2], mat[0, 2] - mat[2, 0], mat[1, 0] - mat[0, 1]]) / 2.0
-    if angle > math.pi - 1e-4:
-        # Near pi the antisymmetric part vanishes: read the axis off the symmetric part's largest diagonal entry.
-        sym = (mat + np.eye(3)) / 2.0
-        i = int(np.argmax(np.diag(sym)))
-        axis = sym[:, i] / math.sqrt(max(sym[i, i], 1e-12))
-        return axis / np.linalg.norm(axis) * angle
-    axis = np.array([mat[2, 1] - mat[1, 2], mat[0, 2] - mat[2, 0], mat[1, 0] - mat[0, 1]]) / (2.0 * math.sin(angle))
-    return axis * angle
-
-
-def ee_rotation_feature(mat: Any, reference: Any) -> np.ndarray:
-    """The proprio EE-rotation entries: axis-angle of ``mat @ reference^T``, the rotation that takes the home
-    orientation to the current one, expressed in the base frame (so a base-frame ``drz`` action shows up on rz)."""
-    reference = np.asarray(reference, dtype=np.float64).reshape(3, 3)
-    return rotation_matrix_to_rotvec(np.asarray(mat, dtype=np.float64).reshape(3, 3) @ reference.T).astype(np.float32)

@@ -83,30 +83,3 @@ def test_task_spec_json_round_trip():
         TaskSpec.from_dict({k: v for k, v in task.to_dict().items() if k != "family"})
     with pytest.raises(ContractError, match="TaskSpec.max_episode_steps"):
         TaskSpec(**{**task.__dict__, "max_episode_steps": 0})
-
-
-def _rot(axis, angle):
-    axis = np.asarray(axis, float) / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
-
-
-def test_rotation_feature_is_zero_at_home_and_continuous_where_plain_axis_angle_flips():
-    from irevla.spec import ee_rotation_feature, rotation_matrix_to_rotvec
-
-    for axis, angle in [([1, 0, 0], 0.3), ([0, 1, 1], 2.0), ([1, 2, 3], np.pi - 1e-6), ([0, 1, 0], np.pi),
-                        ([0, 0, 1], 1e-8)]:
-        rotvec = rotation_matrix_to_rotvec(_rot(axis, angle))
-        assert np.linalg.norm(rotvec) == pytest.approx(angle, abs=1e-6)
-        if angle > 1e-6:
-            np.testing.assert_allclose(_rot(rotvec, np.linalg.norm(rotvec)), _rot(axis, angle), atol=1e-5)
-    home = _rot([1, 0, 0], np.pi)  # gripper pointing down: pi away from the base frame
-    np.testing.assert_allclose(ee_rotation_feature(home, home), 0.0, atol=1e-7)
-    # Wobbling around home: plain axis-angle jumps by ~2 pi in norm, the feature stays small and smooth.
-    wobble = [_rot([1, 0, 0], a) @ home for a in (-0.05, 0.05)]
-    plain = [rotation_matrix_to_rotvec(m) for m in wobble]
-    feature = [ee_rotation_feature(m, home) for m in wobble]
-    assert np.linalg.norm(plain[0] - plain[1]) > 3.0
-    np.testing.assert_allclose(feature, [[-0.05, 0, 0], [0.05, 0, 0]], atol=1e-6)
-    # A base-frame turn about z after leaving home reads as a rotation about base z.
-    np.testing.assert_allclose(ee_rotation_feature(_rot([0, 0, 1], 0.3) @ home, home), [0, 0, 0.3], atol=1e-6)

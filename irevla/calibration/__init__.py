@@ -1,6 +1,8 @@
 """Calibration: camera intrinsics, hand-eye (eye-in-hand and eye-on-base) with a ChArUco board, workspace box.
 
-The solver core is ROS-free; rclpy and pyrealsense2 are imported only by the sources that need them.
+The package is ROS-free: the ROS 2 pose/image sources are `irevla.robot.calibration_sources` (the robot's rclpy edge),
+which the CLI imports only for ``--pose-source ros`` / ``--image-source ros``; pyrealsense2 is imported only by the
+source that needs it.
 
 Where to look:
   board              ChArUco board config, corner detection, board pose (solvePnP)
@@ -14,7 +16,7 @@ Where to look:
   pipeline           sample folder -> detections -> hand-eye solution
   result             the result YAML (easy_handeye2-compatible fields) and its loader for the robot stack
   workspace          the workspace box for the safety filter
-  sources            pose/image source interfaces, typed poses; ros_sources: the ROS 2 ones
+  sources            pose/image source interfaces, typed poses (the ROS 2 ones: irevla.robot.calibration_sources)
   collect            guided collection loops; cli: `irevla calibrate ...`
   synthetic          rendered board images with ground truth (tests, --simulate rehearsals)
 

@@ -1,8 +1,9 @@
 """Where collection gets robot poses and camera images from: small interfaces plus the typed-in pose source.
 
 Implementations: `ManualPoseSource` (below: the user types the pose shown in Desk or printed by libfranka),
-`ros_sources.Ros2PoseSource` / `Ros2ImageSource` (topics), `realsense.RealSenseImageSource` (pyrealsense2 directly),
-`synthetic.SimulatedRig` (a rehearsal without hardware). All poses are ``T_base_gripper`` 4x4 in metres.
+`irevla.robot.calibration_sources.Ros2PoseSource` / `Ros2ImageSource` (topics),
+`realsense.RealSenseImageSource` (pyrealsense2 directly), `synthetic.SimulatedRig` (a rehearsal without hardware).
+All poses are ``T_base_gripper`` 4x4 in metres.
 """
 
 from __future__ import annotations

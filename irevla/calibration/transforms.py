@@ -2,7 +2,7 @@
 
 ``T_a_b`` is the pose of frame ``b`` expressed in frame ``a``: it maps a point given in ``b`` to ``a``
 (``p_a = T_a_b @ p_b``), so chains read left to right: ``T_base_cam = T_base_gripper @ T_gripper_cam``.
-Quaternions are ``(x, y, z, w)`` like ROS geometry_msgs and scipy.
+Quaternions are ``(x, y, z, w)`` like ROS geometry_msgs and scipy; the rotation conversions are `irevla.rotations`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,13 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from irevla.calibration.errors import CalibrationError
+from irevla.rotations import (
+    QUATERNION_NORM_TOLERANCE,
+    PoseError,
+    matrix_angle,
+    matrix_to_quaternion,
+    normalize_quaternion,
+)
 
 
 def make_transform(rotation: np.ndarray | Rotation, translation: Sequence[float]) -> np.ndarray:
@@ -34,19 +41,17 @@ def from_translation_quaternion(translation: Sequence[float], quaternion_xyzw: S
                                f"got {translation.shape[0]} and {quaternion.shape[0]}")
     if not (np.all(np.isfinite(translation)) and np.all(np.isfinite(quaternion))):
         raise CalibrationError(f"{name}: translation/quaternion contain NaN or inf")
-    norm = float(np.linalg.norm(quaternion))
-    # A quaternion far from unit length is a typo or a wrong field order, not rounding; refuse to guess.
-    if not 0.9 < norm < 1.1:
-        raise CalibrationError(f"{name}: quaternion (x y z w) {quaternion.tolist()} has norm {norm:.3f}, expected 1")
-    return make_transform(Rotation.from_quat(quaternion / norm), translation)
+    try:
+        # A quaternion far from unit length is a typo or a wrong field order, not rounding; refuse to guess.
+        quaternion = normalize_quaternion(quaternion, name, QUATERNION_NORM_TOLERANCE)
+    except PoseError as exc:
+        raise CalibrationError(str(exc)) from None
+    return make_transform(Rotation.from_quat(quaternion), translation)
 
 
 def to_translation_quaternion(transform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(translation[3], quaternion_xyzw[4]) with w >= 0, so that equal rotations always print the same."""
-    quaternion = Rotation.from_matrix(transform[:3, :3]).as_quat()
-    if quaternion[3] < 0:
-        quaternion = -quaternion
-    return transform[:3, 3].copy(), quaternion
+    return transform[:3, 3].copy(), matrix_to_quaternion(transform[:3, :3])
 
 
 def invert(transform: np.ndarray) -> np.ndarray:
@@ -59,9 +64,7 @@ def invert(transform: np.ndarray) -> np.ndarray:
 
 def rotation_angle_deg(rotation_a: np.ndarray, rotation_b: np.ndarray) -> float:
     """Angle (deg) of the rotation taking `rotation_a` to `rotation_b` (both 3x3)."""
-    relative = rotation_a.T @ rotation_b
-    cosine = np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0)
-    return float(np.degrees(np.arccos(cosine)))
+    return float(np.degrees(matrix_angle(rotation_a, rotation_b)))
 
 
 def mean_transform(transforms: Iterable[np.ndarray]) -> np.ndarray:

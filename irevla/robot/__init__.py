@@ -3,12 +3,13 @@
 Cores (no rclpy; unit-tested on their own):
 
 * `safety`, `watchdog`, `control` -- the safety filter, the stale-command watchdog, franka_control's modes and homing
-* `sim_robot`     -- MuJoCo Panda pick-cube simulation with a Cartesian impedance controller, real-time runner
+* `sim_runner`    -- the MuJoCo Panda (`irevla.sim.panda`) in real time, in a child process
 * `realsense`     -- pyrealsense2 capture with stamps and reconnects
 * `policy_runner` -- the one door to the VLA (irevla.policy); `rl_actor` -- the RL actor's seam
 * `teleop`, `keyboard` -- SpaceMouse over raw HID, keyboard, intervention detection
 * `recorder`      -- episodes into the episode store, rosbag2 export
-* `conversions`, `geometry`, `config`, `params` -- messages <-> numpy, poses, typed settings, parameter files
+* `conversions`, `config`, `params` -- messages <-> numpy, typed settings, parameter files (poses and rotations:
+  `irevla.rotations`)
 
 The rclpy edge: `nodes/` (one console script each), `backends/` (sim, franka_ros2, multipanda), `ros_edge`,
 `env` (the robot as a gymnasium env over the topics) and `cli` (``irevla robot``). Nothing outside this package

@@ -29,9 +29,9 @@ from typing import Protocol
 import numpy as np
 
 from irevla.robot.config import FrankaControlConfig
-from irevla.robot.geometry import Pose
 from irevla.robot.safety import Command, FilterResult, PoseTarget, SafetyFilter
 from irevla.robot.watchdog import CommandWatchdog
+from irevla.rotations import Pose
 
 GRIPPER_MAX_WIDTH = 0.08  # Franka Hand, both fingers open
 MODES = ("waiting", "idle", "active", "holding", "homing", "resetting", "fault")

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from irevla.robot.geometry import Pose
 from irevla.robot.safety import DELTA_NAMES, POSE_NAMES, Command
+from irevla.rotations import Pose
 from irevla.spec import REAL_ROBOT_PROPRIO, ContractError
 
 # encoding -> (numpy dtype, channels)

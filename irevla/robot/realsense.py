@@ -34,10 +34,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from irevla.errors import UserError
 from irevla.robot.config import RealSenseCameraConfig
 
 
-class CameraError(RuntimeError):
+class CameraError(UserError, RuntimeError):
     """A camera problem the user can fix; the message says which camera and what to do."""
 
 

@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 
 from irevla.robot.config import SafetyConfig
-from irevla.robot.geometry import (
+from irevla.rotations import (
     Pose,
     PoseError,
     normalize_quaternion,

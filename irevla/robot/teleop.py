@@ -29,13 +29,14 @@ from typing import Protocol
 
 import numpy as np
 
+from irevla.errors import UserError
 from irevla.robot.config import SpaceMouseConfig, TeleopConfig
 
 ACTION_NAMES = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
 KNOWN_VENDOR_IDS = (0x256F, 0x046D)  # 3Dconnexion, and Logitech for the older SpaceNavigator/SpaceMouse units
 
 
-class TeleopError(RuntimeError):
+class TeleopError(UserError, RuntimeError):
     """No usable teleoperation device; the message says what was tried and how to fix it."""
 
 

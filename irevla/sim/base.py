@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from irevla.errors import UserError
 from irevla.spec import Observation, ObservationSpec, TaskSpec
 
 INSTRUCTION_MAX_LENGTH = 256
@@ -40,7 +41,7 @@ def check_instruction(instruction: str) -> str:
     return instruction
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UserError, ValueError):
     """A task, family or camera name that no env knows; the message lists or points to the valid names."""
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from irevla.data.episode import EpisodeBuilder
 from irevla.data.store import EpisodeStore
+from irevla.errors import UserError
 from irevla.sim.episode_loop import run_episode
 from irevla.sim.registry import make_env_by_name, make_expert
 
@@ -77,7 +78,7 @@ def attempt_seeds(seed: int, task: str, attempt: int) -> tuple[int, np.random.Ge
     return int(reset_sequence.generate_state(1)[0] & 0x7FFFFFFF), np.random.default_rng(noise_sequence)
 
 
-class DuplicateDemosError(ValueError):
+class DuplicateDemosError(UserError, ValueError):
     """The output directory already holds this task recorded with the same seed."""
 
 

@@ -31,7 +31,7 @@ Actions (``action_mode="ee_delta"``, the default and what the VLA outputs)
 
 Observation
     ``proprio`` = `spec.REAL_ROBOT_PROPRIO`: EE position (m) of the ``end_effector`` site in the base frame, EE
-    rotation (axis-angle, rad) relative to the ready pose's orientation (`spec.ee_rotation_feature`; the reference is
+    rotation (axis-angle, rad) relative to the ready pose's orientation (`irevla.rotations.ee_rotation_feature`; the reference is
     in ``task_spec.extra["ee_rotation_reference"]``), gripper width (m, 0 ... 0.08); exact sim state. The ready
     orientation is ~3.1 rad from the base frame's, right at the axis-angle flip at pi, hence the reference (the
     contract's convention for the real robot too). Images are upright. FrankaKitchen's own cameras (``left_cap``, ``right_cap``) stare at the
@@ -55,13 +55,13 @@ Variations (`irevla.sim.variations` strings, seeded, reproducible)
     their metal look. ``obj:DX,DY,DZ`` / ``obj:random(N)`` moves the kitchen (world frame, m), ``hand:...`` shifts the
     arm's start. ``scale`` and ``goal`` raise `VariationError`.
 
-Scripted experts: `KitchenEnv.expert()` = `irevla.sim.kitchen_expert.make_expert(env)`; success rates are in that
-module's docstring.
+Scripted experts: `irevla.sim.kitchen_expert.make_expert(env)` (what `irevla.sim.registry.make_expert` picks for a
+Kitchen env; this module does not import it); success rates are in that module's docstring.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -70,10 +70,11 @@ import mujoco  # irevla.sim's __init__ has chosen a headless GL backend before t
 import numpy as np
 from gymnasium import spaces
 
+from irevla.rotations import ee_rotation_feature, matrix_to_rotvec, rotvec_to_matrix
 from irevla.sim.base import ContractEnv, UnknownTaskError, check_instruction, observation_space
-from irevla.sim.rendering import CameraRenderer, check_cameras
+from irevla.sim.rendering import PANDA_WRIST_CAMERA, CameraMount, CameraRenderer, add_cameras, check_cameras
 from irevla.sim.variations import Variation, VariationError, parse_variation, recolor_geoms
-from irevla.spec import REAL_ROBOT_PROPRIO, ActionSpec, ContractError, ObservationSpec, TaskSpec, ee_rotation_feature
+from irevla.spec import REAL_ROBOT_PROPRIO, ActionSpec, ContractError, ObservationSpec, TaskSpec
 
 DEFAULT_MAX_STEPS = 280
 ACTION_MODES = ("ee_delta", "joint_velocity")
@@ -129,41 +130,14 @@ def task_names() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------ cameras
-@dataclass(frozen=True)
-class CameraDef:
-    """A camera we add to the MJCF: in `body` (None = world) at `pos`, looking at `lookat` (same frame)."""
-
-    pos: tuple[float, float, float]
-    lookat: tuple[float, float, float]
-    fovy: float = 45.0
-    body: str | None = None
-    up: tuple[float, float, float] = (0.0, 0.0, 1.0)
-
-
-ADDED_CAMERAS: dict[str, CameraDef] = {
+ADDED_CAMERAS: dict[str, CameraMount] = {
     # High behind the robot, centred on the kitchen: all five task objects and the arm in one view.
-    "front": CameraDef(pos=(-0.1, -0.95, 3.1), lookat=(-0.15, 0.6, 2.15), fovy=52.0),
+    "front": CameraMount(pos=(-0.1, -0.95, 3.1), lookat=(-0.15, 0.6, 2.15), fovy=52.0),
     # Behind the robot's right shoulder, lower: the microwave, knobs and switch from the side the arm works on.
-    "side": CameraDef(pos=(0.6, -1.0, 2.95), lookat=(-0.15, 0.55, 2.1), fovy=50.0),
-    # On the hand, above the palm, looking between the fingers; image-up is the hand's x axis. Link 7's frame is the
-    # hand's turned by 45 degrees about z, hence the rotated coordinates.
-    "wrist": CameraDef(pos=(0.0495, -0.0495, 0.1), lookat=(0.0, 0.0, 0.32), fovy=70.0, body="panda0_link7",
-                       up=(0.7071, -0.7071, 0.0)),
+    "side": CameraMount(pos=(0.6, -1.0, 2.95), lookat=(-0.15, 0.55, 2.1), fovy=50.0),
+    "wrist": PANDA_WRIST_CAMERA,
 }
 DEFAULT_CAMERAS = ("front",)
-
-
-def _look_at_quat(pos: Sequence[float], lookat: Sequence[float], up: Sequence[float]) -> np.ndarray:
-    """Quaternion of a MuJoCo camera at `pos` looking at `lookat` (a camera looks along its -z, y is image-up)."""
-    forward = np.asarray(lookat, float) - np.asarray(pos, float)
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, np.asarray(up, float))
-    right /= np.linalg.norm(right)
-    cam_up = np.cross(right, forward)
-    mat = np.stack([right, cam_up, -forward], axis=1)
-    quat = np.zeros(4)
-    mujoco.mju_mat2Quat(quat, mat.reshape(-1))
-    return quat
 
 
 def _import_gymnasium_robotics():
@@ -198,10 +172,7 @@ def _make_robot(render_width: int, render_height: int, robot_noise_ratio: float,
             spec = mujoco.MjSpec.from_file(self.fullpath)
             desk = spec.body("desk")
             desk.pos = np.asarray(desk.pos) + kitchen_offset
-            for name, cam in ADDED_CAMERAS.items():
-                parent = spec.worldbody if cam.body is None else spec.body(cam.body)
-                parent.add_camera(name=name, pos=list(cam.pos), quat=list(_look_at_quat(cam.pos, cam.lookat, cam.up)),
-                                  fovy=cam.fovy)
+            add_cameras(spec, ADDED_CAMERAS)
             if gravity_compensation:
                 for body in spec.bodies:
                     if body.name.startswith("panda0_"):
@@ -215,28 +186,6 @@ def _make_robot(render_width: int, render_height: int, robot_noise_ratio: float,
                           width=render_width, height=render_height)
     robot.init_qpos = KITCHEN_INIT_QPOS.copy()  # as FrankaKitchen-v1 does
     return robot
-
-
-# ------------------------------------------------------------------------------------------------ rotations
-def rotvec_to_mat(rotvec: np.ndarray) -> np.ndarray:
-    quat = np.zeros(4)
-    angle = float(np.linalg.norm(rotvec))
-    axis = np.asarray(rotvec, float) / angle if angle > 1e-12 else np.array([1.0, 0.0, 0.0])
-    mujoco.mju_axisAngle2Quat(quat, axis, angle)
-    mat = np.zeros(9)
-    mujoco.mju_quat2Mat(mat, quat)
-    return mat.reshape(3, 3)
-
-
-def mat_to_rotvec(mat: np.ndarray) -> np.ndarray:
-    """Axis-angle (angle in [0, pi]) of a rotation matrix."""
-    quat = np.zeros(4)
-    mujoco.mju_mat2Quat(quat, np.asarray(mat, float).reshape(-1))
-    if quat[0] < 0:
-        quat = -quat
-    vel = np.zeros(3)
-    mujoco.mju_quat2Vel(vel, quat, 1.0)
-    return vel
 
 
 # ---------------------------------------------------------------------------------------------- differential IK
@@ -289,7 +238,7 @@ class DifferentialIK:
             mujoco.mj_comPos(self.model, self.scratch)
             mujoco.mj_jacSite(self.model, self.scratch, self._jacp, self._jacr, self.site_id)
             jac = np.vstack([self._jacp[:, :ARM_JOINTS], self._jacr[:, :ARM_JOINTS]]) * weights[:, None]
-            error = np.concatenate([target_pos - pos, mat_to_rotvec(target_mat @ mat.T)]) * weights
+            error = np.concatenate([target_pos - pos, matrix_to_rotvec(target_mat @ mat.T)]) * weights
             posture = np.clip(self.posture_gain * (self.rest - q), -self.posture_clip, self.posture_clip)
             dq = self._weighted_step(jac, error, posture, np.ones(ARM_JOINTS))
             # Joint-limit cost H = sum span^2 / (4 (high - q)(q - low)); penalise the joints that move up its slope.
@@ -506,16 +455,16 @@ class KitchenEnv(ContractEnv):
         base = self._base_mat
         measured_pos, measured_mat = self.ee_pose_world()
         target_pos = self._target_pos + base @ action[:3]
-        target_mat = base @ rotvec_to_mat(action[3:6]) @ base.T @ self._target_mat
+        target_mat = base @ rotvec_to_matrix(action[3:6]) @ base.T @ self._target_mat
         # Reference clipping: the target may lead the measured pose by at most max_target_error / rotation.
         offset = target_pos - measured_pos
         distance = np.linalg.norm(offset)
         if distance > self.max_target_error:
             target_pos = measured_pos + offset * (self.max_target_error / distance)
-        error = mat_to_rotvec(target_mat @ measured_mat.T)
+        error = matrix_to_rotvec(target_mat @ measured_mat.T)
         angle = np.linalg.norm(error)
         if angle > self.max_target_rotation:
-            target_mat = rotvec_to_mat(error * (self.max_target_rotation / angle)) @ measured_mat
+            target_mat = rotvec_to_matrix(error * (self.max_target_rotation / angle)) @ measured_mat
         self._target_pos, self._target_mat = target_pos, target_mat
         q_arm = self._ik.solve(self.data.qpos[:ARM_JOINTS], target_pos, target_mat)
         finger = (1.0 - float(action[6])) * GRIPPER_MAX_WIDTH / 2
@@ -533,13 +482,6 @@ class KitchenEnv(ContractEnv):
             self._renderer.close()
             self._renderer = None
         self._robot.close()
-
-    # ------------------------------------------------------------------------------------------------- experts
-    def expert(self) -> Callable[[Mapping, Mapping], np.ndarray]:
-        """The task's scripted expert as ``act(obs, info) -> action`` (reads privileged sim state; ee_delta only)."""
-        from irevla.sim.kitchen_expert import make_expert
-
-        return make_expert(self)
 
 
 __all__ = ["ADDED_CAMERAS", "DEFAULT_CAMERAS", "TASKS", "KitchenEnv", "KitchenTask", "task_names"]

@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from irevla.sim.kitchen import KitchenEnv, mat_to_rotvec
+from irevla.rotations import matrix_to_rotvec
+from irevla.sim.kitchen import KitchenEnv
 
 # The grasp orientation used for every handle: gripper pointing into the kitchen (world +y), fingers closing along
 # world x, the hand's x axis up. Columns are the end-effector site's axes in the world frame.
@@ -128,13 +129,13 @@ class KitchenExpert:
     def _reached(self, waypoint: Waypoint) -> bool:
         pos, mat = self.env.ee_pose_world()
         return bool(np.linalg.norm(waypoint.pos - pos) < waypoint.tolerance
-                    and np.linalg.norm(mat_to_rotvec(waypoint.mat @ mat.T)) < 0.1)
+                    and np.linalg.norm(matrix_to_rotvec(waypoint.mat @ mat.T)) < 0.1)
 
     def _action_towards(self, waypoint: Waypoint) -> np.ndarray:
         pos, mat = self.env.ee_pose_world()
         base = self.env.base_rotation
         move = base.T @ (waypoint.pos - pos)
-        turn = base.T @ mat_to_rotvec(waypoint.mat @ mat.T)
+        turn = base.T @ matrix_to_rotvec(waypoint.mat @ mat.T)
         # Scale whole vectors (not per axis) so that the direction of motion is kept.
         move *= min(1.0, self.max_translation / max(np.abs(move).max(), 1e-12))
         turn *= min(1.0, self.max_rotation / max(np.abs(turn).max(), 1e-12))
@@ -226,7 +227,7 @@ class KnobExpert(KitchenExpert):
         grasp = knob - self.depth * axis
         # Turned so far (rad, about world +y): the knob's angle, or the wrist's if the fingers slip ahead of it.
         _, mat = self.env.ee_pose_world()
-        wrist = float(mat_to_rotvec(mat @ grasp_mat.T)[1])
+        wrist = float(matrix_to_rotvec(mat @ grasp_mat.T)[1])
         angle = max(-self.joint("knob_Joint_2"), wrist)
         # Turn about the knob's own axis (world y through the knob), not about the EE site, which sits off that axis
         # because the gripper is tilted: the grasp point swings around the knob with the wrist.

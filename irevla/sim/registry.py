@@ -57,5 +57,13 @@ def make_env(config: SimConfig, **kwargs: Any) -> ContractEnv:
 
 
 def make_expert(env: ContractEnv) -> Expert:
-    """The scripted expert of the env's task: ``act(obs, info) -> action`` in the env's action space."""
+    """The scripted expert of the env's task: ``act(obs, info) -> action`` in the env's action space.
+
+    Meta-World ships its experts with the env (`MetaWorldEnv.expert`); Kitchen's live in `irevla.sim.kitchen_expert`,
+    which imports the env, so the env module never imports its expert: the choice is made here."""
+    family = getattr(env, "unwrapped", env).task_spec.family
+    if family == "kitchen":
+        from irevla.sim.kitchen_expert import make_expert as kitchen_expert
+
+        return kitchen_expert(env)
     return env.expert()

@@ -8,10 +8,49 @@ the skybox, which measured 7-8 -> 40-80 frames/s here (see docs/benchmarks.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import mujoco  # irevla.sim's __init__ has chosen a headless GL backend before this import
 import numpy as np
+
+from irevla.rotations import matrix_to_quaternion, xyzw_to_wxyz
+
+
+@dataclass(frozen=True)
+class CameraMount:
+    """A camera we add to an MJCF: in `body` (None = world) at `pos`, looking at `lookat` (same frame), `up` being
+    image-up."""
+
+    pos: tuple[float, float, float]
+    lookat: tuple[float, float, float]
+    fovy: float = 45.0
+    body: str | None = None
+    up: tuple[float, float, float] = (0.0, 0.0, 1.0)
+
+
+# On the Panda's hand, above the palm, looking between the fingers (as a wrist-mounted D405 would); image-up is the
+# hand's x axis. Link 7's frame is the hand's turned by 45 degrees about z, hence the rotated coordinates.
+PANDA_WRIST_CAMERA = CameraMount(pos=(0.0495, -0.0495, 0.1), lookat=(0.0, 0.0, 0.32), fovy=70.0, body="panda0_link7",
+                                 up=(0.7071, -0.7071, 0.0))
+
+
+def look_at_quat(pos: Sequence[float], lookat: Sequence[float], up: Sequence[float]) -> list[float]:
+    """MuJoCo camera quaternion (w, x, y, z) of a camera at `pos` looking at `lookat`: a MuJoCo camera looks along
+    its -z with y image-up."""
+    forward = np.asarray(lookat, float) - np.asarray(pos, float)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, np.asarray(up, float))
+    right /= np.linalg.norm(right)
+    return xyzw_to_wxyz(matrix_to_quaternion(np.stack([right, np.cross(right, forward), -forward], axis=1))).tolist()
+
+
+def add_cameras(spec: mujoco.MjSpec, mounts: Mapping[str, CameraMount]) -> None:
+    """Add the named cameras to a model spec before it is compiled."""
+    for name, mount in mounts.items():
+        parent = spec.worldbody if mount.body is None else spec.body(mount.body)
+        parent.add_camera(name=name, pos=list(mount.pos), quat=look_at_quat(mount.pos, mount.lookat, mount.up),
+                          fovy=mount.fovy)
 
 
 def camera_names(model: mujoco.MjModel) -> list[str]:

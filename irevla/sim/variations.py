@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from irevla.errors import UserError
+
 NAMED_COLORS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.1, 0.1), "green": (0.1, 0.75, 0.15), "blue": (0.1, 0.25, 0.9), "yellow": (0.95, 0.85, 0.1),
     "purple": (0.55, 0.15, 0.75), "orange": (1.0, 0.5, 0.05), "cyan": (0.1, 0.8, 0.85), "white": (0.95, 0.95, 0.95),
@@ -32,7 +34,7 @@ NAMED_COLORS: dict[str, tuple[float, float, float]] = {
 SHIFT_KINDS = ("obj", "goal", "hand")
 
 
-class VariationError(ValueError):
+class VariationError(UserError, ValueError):
     """A variation string is malformed or does not apply to the task."""
 
 

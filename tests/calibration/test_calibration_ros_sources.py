@@ -52,7 +52,7 @@ def _round_trip() -> None:
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
 
-    from irevla.calibration.ros_sources import (
+    from irevla.robot.calibration_sources import (
         Ros2Connection,
         Ros2ImageSource,
         Ros2PoseSource,

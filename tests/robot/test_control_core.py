@@ -7,8 +7,8 @@ import pytest
 
 from irevla.robot.config import FrankaControlConfig
 from irevla.robot.control import ControlCore, RobotState
-from irevla.robot.geometry import Pose
 from irevla.robot.safety import Command
+from irevla.rotations import Pose
 
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])
 

@@ -27,7 +27,7 @@ from irevla.robot.conversions import (  # noqa: E402
     proprio_to_joint_state,
     stamp_to_seconds,
 )
-from irevla.robot.geometry import Pose, PoseError, quaternion_to_matrix, rotvec_to_quaternion  # noqa: E402
+from irevla.rotations import Pose, PoseError, quaternion_to_matrix, rotvec_to_quaternion  # noqa: E402
 from irevla.spec import REAL_ROBOT_PROPRIO  # noqa: E402
 
 RNG = np.random.default_rng(0)

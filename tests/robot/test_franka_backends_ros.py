@@ -29,9 +29,9 @@ def franka_ros2_body() -> None:
 
     from irevla.robot.config import FrankaControlConfig
     from irevla.robot.conversions import action_to_joint_state, pose_from_message, pose_to_message
-    from irevla.robot.geometry import Pose
     from irevla.robot.nodes.franka_control import FrankaControlNode
     from irevla.robot.ros_edge import STREAM_EVENTS
+    from irevla.rotations import Pose
 
     class StandInController(Node):
         """Publishes like franka_robot_state_broadcaster (best effort) and follows the target like a stiff
@@ -111,7 +111,7 @@ def test_backends_that_need_franka_msgs_explain_how_to_get_it():
 
 def test_float_array_target_layout_matches_multipandas_controller():
     from irevla.robot.conversions import pose_to_float64_array
-    from irevla.robot.geometry import Pose
+    from irevla.rotations import Pose
 
     values = pose_to_float64_array(Pose([0.4, 0.1, 0.3], [1.0, 0.0, 0.0, 0.0]))
     # cartesian_impedance_controller reads position from data[0:3] and R(i, j) from data[3 + 3 i + j]

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from irevla.robot.config import SafetyConfig
-from irevla.robot.geometry import Pose, quaternion_angle, rotvec_to_quaternion
 from irevla.robot.safety import EPSILON, Command, PoseTarget, SafetyFilter
+from irevla.rotations import Pose, quaternion_angle, rotvec_to_quaternion
 
 CONFIG = SafetyConfig()
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])

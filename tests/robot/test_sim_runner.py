@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 
-# irevla.robot.sim_robot first: it selects headless rendering (MUJOCO_GL=egl) before mujoco is imported
-SimRunner = pytest.importorskip("irevla.robot.sim_robot", reason="needs mujoco (the sim extra)").SimRunner
+# irevla.robot.sim_runner imports irevla.sim first, which selects headless rendering (MUJOCO_GL=egl) before mujoco
+SimRunner = pytest.importorskip("irevla.robot.sim_runner", reason="needs mujoco (the sim extra)").SimRunner
 pytest.importorskip("gymnasium_robotics", reason="the simulated Panda uses gymnasium-robotics' assets")
 
 from irevla.robot.config import SimRobotConfig  # noqa: E402
-from irevla.robot.geometry import Pose  # noqa: E402
+from irevla.rotations import Pose  # noqa: E402
 
 CONFIG = SimRobotConfig(cameras=("front",), image_size=(24, 32), camera_hz=10.0)
 
@@ -61,7 +61,7 @@ def test_the_child_process_ends_with_its_parent():
     parent = textwrap.dedent("""
         import os
         from irevla.robot.config import SimRobotConfig
-        from irevla.robot.sim_robot import SimRunner
+        from irevla.robot.sim_runner import SimRunner
         runner = SimRunner(SimRobotConfig(cameras=("front",)), lambda state, stamp: None).start()
         print(runner._child.pid, flush=True)
         os._exit(0)  # no cleanup at all, as if killed

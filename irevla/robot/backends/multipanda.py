@@ -19,9 +19,9 @@ from irevla.robot.backends.topics import Done, GripperActions, PoseTargetPublish
 from irevla.robot.config import FrankaControlConfig
 from irevla.robot.control import RobotState
 from irevla.robot.conversions import ConversionError, column_major_matrix_to_pose, stamp_to_seconds
-from irevla.robot.geometry import PoseError
 from irevla.robot.ros_edge import SENSOR_QOS, STREAM_EVENTS
 from irevla.robot.safety import PoseTarget
+from irevla.rotations import PoseError
 
 ROBOT_MODE_ERRORS = {4: "reflex (a collision or limit violation stopped the robot)",
                      5: "user stopped (the external activation device is pressed)"}

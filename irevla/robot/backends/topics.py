@@ -26,9 +26,9 @@ from irevla.robot.conversions import (
     pose_to_message,
     stamp_to_seconds,
 )
-from irevla.robot.geometry import Pose, PoseError
 from irevla.robot.ros_edge import COMMAND_QOS, SENSOR_QOS, STREAM_EVENTS, wall_time
 from irevla.robot.safety import PoseTarget
+from irevla.rotations import Pose, PoseError
 
 Done = Callable[[bool, str], None]
 

@@ -1,4 +1,5 @@
-"""sim_robot node: the MuJoCo Panda pick-cube simulation (irevla.robot.sim_robot) behind franka_ros2-style topics.
+"""sim_robot node: the MuJoCo Panda pick-cube simulation (`irevla.sim.panda`, kept in real time by
+`irevla.robot.sim_runner`) behind franka_ros2-style topics.
 
 Publishes (best effort, like franka_ros2 >= v2.4): the EE pose (PoseStamped) on ``current_pose_topic``, the arm's
 joint states on ``joint_states_topic``, the fingers' joint states on ``gripper_joint_states_topic``, the task's
@@ -27,9 +28,10 @@ from irevla.robot.conversions import (
     pose_to_message,
     seconds_to_stamp,
 )
-from irevla.robot.geometry import PoseError
 from irevla.robot.ros_edge import COMMAND_QOS, SENSOR_QOS, STREAM_EVENTS, declare_config, run_nodes
-from irevla.robot.sim_robot import SimRunner, SimState, camera_intrinsics
+from irevla.robot.sim_runner import SimRunner
+from irevla.rotations import PoseError
+from irevla.sim.panda import SimState, camera_intrinsics
 
 ARM_JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)]
 FINGER_JOINT_NAMES = ["panda_finger_joint1", "panda_finger_joint2"]

@@ -1,4 +1,8 @@
-"""ROS 2 pose and image sources for collection. rclpy and the message packages are imported only inside them.
+"""ROS 2 pose and image sources for hand-eye collection (`irevla calibrate ... --pose-source ros`).
+
+They live at the robot's rclpy edge, not in `irevla.calibration` (which stays ROS-free); the calibration CLI imports
+this module only when a ROS source is chosen, and rclpy and the message packages are imported only inside the
+classes.
 
 - `Ros2PoseSource`: geometry_msgs/PoseStamped, by default franka_ros2's
   ``/franka_robot_state_broadcaster/current_pose`` (published BEST_EFFORT, so subscribed with sensor-data QoS).
@@ -20,13 +24,12 @@ from irevla.calibration.camera_model import CameraIntrinsics
 from irevla.calibration.errors import CalibrationError
 from irevla.calibration.sources import CapturedImage, StampedPose
 from irevla.calibration.transforms import from_translation_quaternion
+from irevla.robot.conversions import ConversionError, image_to_rgb, stamp_to_seconds
+
 
 # --------------------------------------------------------------------------------------- message conversions
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3}
-
-
 def stamp_seconds(header: Any) -> float:
-    return float(header.stamp.sec) + 1e-9 * float(header.stamp.nanosec)
+    return stamp_to_seconds(header.stamp)
 
 
 def pose_message_to_matrix(message: Any, name: str = "PoseStamped") -> np.ndarray:
@@ -36,24 +39,11 @@ def pose_message_to_matrix(message: Any, name: str = "PoseStamped") -> np.ndarra
 
 
 def image_message_to_rgb(message: Any) -> np.ndarray:
-    """sensor_msgs/Image -> RGB uint8 HxWx3, honouring `step` (row padding) and the encoding."""
-    encoding = message.encoding
-    if encoding not in _CHANNELS:
-        raise CalibrationError(f"image encoding {encoding!r} is not supported for calibration; publish one of "
-                               f"{sorted(_CHANNELS)} (e.g. realsense-ros colour: rgb8)")
-    channels = _CHANNELS[encoding]
-    height, width, step = int(message.height), int(message.width), int(message.step)
-    data = np.frombuffer(bytes(message.data), dtype=np.uint8)
-    if step < width * channels or data.size < step * height:
-        raise CalibrationError(f"image message is inconsistent: {width}x{height} {encoding}, step {step}, "
-                               f"{data.size} bytes")
-    rows = data[:step * height].reshape(height, step)[:, :width * channels]
-    image = rows.reshape(height, width, channels)
-    if channels == 1:
-        return np.repeat(image, 3, axis=2)
-    if encoding.startswith("bgr"):
-        image = image[..., [2, 1, 0]]
-    return np.ascontiguousarray(image[..., :3])
+    """sensor_msgs/Image -> RGB uint8 HxWx3 (`irevla.robot.conversions.image_to_rgb`), as a CalibrationError."""
+    try:
+        return image_to_rgb(message)
+    except ConversionError as exc:
+        raise CalibrationError(f"image for calibration: {exc} (e.g. realsense-ros colour: rgb8)") from None
 
 
 def camera_info_to_intrinsics(message: Any, stream: str = "color") -> CameraIntrinsics:
