@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from irevla.atomic_io import atomic_write_bytes
+from irevla.errors import MissingFileError, UserError
 
 # The exploration std the learner publishes beside the head's tensors (not a head tensor: the actor keeps it apart).
 LOG_STD_NAME = "exploration.log_std"
@@ -25,7 +26,7 @@ HEAD_FORMAT = "irevla-head"
 HEAD_VERSION = 1
 
 
-class HeadFileError(ValueError):
+class HeadFileError(UserError, ValueError):
     """A head file is unreadable, of another format, or holds NaN/inf (the message names the file)."""
 
 
@@ -51,7 +52,7 @@ def load_head_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: head file not found")
+        raise MissingFileError(f"{path}: head file not found")
     try:
         with safe_open(str(path), framework="np") as handle:
             header = handle.metadata() or {}

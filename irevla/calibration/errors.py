@@ -6,8 +6,10 @@ without reading code. The CLI turns a `CalibrationError` into a one-line message
 
 from __future__ import annotations
 
+from irevla.errors import UserError
 
-class CalibrationError(ValueError):
+
+class CalibrationError(UserError, ValueError):
     """Calibration input is unusable (too few samples, corrupt file, degenerate motion...). Nothing was written."""
 
 

@@ -52,7 +52,6 @@ or the complete file; abandoned temp files are invisible to readers and removed 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import uuid
@@ -65,7 +64,9 @@ import h5py
 import numpy as np
 
 import irevla
+from irevla.atomic_io import commit_file
 from irevla.data.episode import Episode, parse_created
+from irevla.errors import MissingFileError, UserError
 from irevla.spec import SCHEMA_VERSION, SOURCES, ContractError, TaskSpec
 
 FORMAT_NAME = "irevla-episode"
@@ -94,7 +95,7 @@ DATASET_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class EpisodeFormatError(ValueError):
+class EpisodeFormatError(UserError, ValueError):
     """An episode file is unreadable or does not match the format. `path` and `problem` are also attributes."""
 
     def __init__(self, path: str | Path, problem: str) -> None:
@@ -177,15 +178,6 @@ def _write_contents(file: h5py.File, episode: Episode, compression: str) -> None
             file.create_dataset(name, data=array, chunks=array.shape, fletcher32=True)
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_episode_file(episode: Episode, directory: str | Path, compression: str = DEFAULT_COMPRESSION) -> Path:
     """Write `episode` into `directory` crash-safely and return the final path (see the module docstring)."""
     if not isinstance(episode, Episode):
@@ -198,13 +190,12 @@ def write_episode_file(episode: Episode, directory: str | Path, compression: str
         with h5py.File(temp_path, "w", locking=False) as file:
             _write_contents(file, episode, compression)
             file.flush()
-        # h5py does not expose its file descriptor; closing flushed HDF5's buffers to the OS, fsync makes them durable.
-        _fsync_path(temp_path)
         while True:
             final_path = directory / episode_file_name(episode)
             if not final_path.exists():  # 32 random bits per second of creation time: a repeat is a formality
                 break
-        os.replace(temp_path, final_path)
+        # h5py does not expose its file descriptor: commit_file fsyncs the closed file, renames it, fsyncs the folder.
+        commit_file(temp_path, final_path)
     except BaseException:
         # Best effort on ordinary errors (disk full, Ctrl-C); on SIGKILL the hidden temp file stays for cleanup.
         try:
@@ -212,8 +203,6 @@ def write_episode_file(episode: Episode, directory: str | Path, compression: str
         except OSError:
             pass
         raise
-    # The rename is durable only once the directory entry is on disk.
-    _fsync_path(directory, directory=True)
     return final_path
 
 
@@ -250,7 +239,7 @@ def list_temp_files(directory: str | Path, recursive: bool = False) -> list[Path
 # ------------------------------------------------------------------------------------------------------------ read
 def _open(path: Path) -> h5py.File:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such episode file")
+        raise MissingFileError(f"{path}: no such episode file")
     try:
         # Committed episode files are immutable, so readers need no HDF5 file lock (locks also fail on some NFS).
         return h5py.File(path, "r", locking=False)
@@ -437,7 +426,7 @@ class FrameReader:
     def __init__(self, path: str | Path, cameras: tuple[str, ...] | list[str]) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such episode file")
+            raise MissingFileError(f"{self.path}: no such episode file")
         try:
             self._file = h5py.File(self.path, "r", locking=False, rdcc_nbytes=0)
         except OSError as exc:

@@ -33,6 +33,7 @@ from irevla.data.episode_file import (
     read_info,
     write_episode_file,
 )
+from irevla.errors import MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class EpisodeCollection:
         unique: dict[Path, Path] = {}
         for directory in map(Path, dirs):
             if not directory.is_dir():
-                raise FileNotFoundError(f"{directory}: episode directory does not exist")
+                raise MissingFileError(f"{directory}: episode directory does not exist")
             unique.setdefault(directory.resolve(), directory)  # the same directory twice would double-count
         self.dirs: tuple[Path, ...] = tuple(unique.values())
         self.recursive = recursive

@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 from irevla.data.episode_file import EpisodeInfo, FrameReader, read_episode, read_lowdim
 from irevla.data.stats import DatasetStats, stats_from_arrays
 from irevla.data.store import EpisodeCollection
+from irevla.spec import ContractError
 
 
 @dataclass
@@ -110,12 +111,12 @@ class EpisodeStepDataset(Dataset):
         for info in self.infos:
             missing = set(self.cameras) - set(info.cameras)
             if missing:
-                raise ValueError(f"{info.path}: has no camera(s) {sorted(missing)} (it has {list(info.cameras)}); "
-                                 f"pass cameras= to use the ones every episode has")
+                raise ContractError(f"{info.path}: has no camera(s) {sorted(missing)} (it has {list(info.cameras)}); "
+                                    f"pass cameras= to use the ones every episode has")
             for name, value in shapes(info).items():
                 if value != shapes(first)[name]:
-                    raise ValueError(f"{info.path}: {name} is {value}, but {shapes(first)[name]} in {first.path}; "
-                                     f"samples of one dataset must have the same shapes")
+                    raise ContractError(f"{info.path}: {name} is {value}, but {shapes(first)[name]} in "
+                                        f"{first.path}; samples of one dataset must have the same shapes")
 
     @classmethod
     def from_dirs(cls, dirs: str | Path | Sequence[str | Path], *, task: Any = None, source: Any = None,
@@ -194,8 +195,8 @@ class EpisodeStepDataset(Dataset):
         for info in self.infos:
             if (info.task.action_spec.names, info.task.observation_spec.proprio_names) != (
                     first.action_spec.names, first.observation_spec.proprio_names):
-                raise ValueError(f"{info.path}: action/proprio names differ from {self.infos[0].path}'s; "
-                                 f"compute statistics per action space")
+                raise ContractError(f"{info.path}: action/proprio names differ from {self.infos[0].path}'s; "
+                                    f"compute statistics per action space")
         return stats_from_arrays(self._actions, self._proprio, first.action_spec.names,
                                  first.observation_spec.proprio_names)
 

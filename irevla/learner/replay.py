@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from irevla.atomic_io import atomic_write_bytes
+from irevla.errors import UserError
 
 SNAPSHOT_FORMAT = "irevla-replay"
 SNAPSHOT_VERSION = 1
 
 
-class ReplayError(ValueError):
+class ReplayError(UserError, ValueError):
     """A replay operation got inconsistent input, or a snapshot is unreadable/incompatible (names the file)."""
 
 

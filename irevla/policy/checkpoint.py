@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -36,7 +35,9 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from irevla.atomic_io import fsync_file, make_readable_by_all, new_temp_directory, replace_directory
 from irevla.data.stats import DatasetStats
+from irevla.errors import MissingFileError
 from irevla.head_file import HeadFileError, load_head_arrays, save_head_arrays
 from irevla.policy.backbones import build_backbone
 from irevla.policy.config import LoraSettings, PolicyConfig
@@ -59,26 +60,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _readable_by_all(path: Path) -> None:
-    """safetensors creates files readable by their owner only; checkpoints move between users (training vs robot)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def _checkpoint_id(manifest: Mapping[str, Any]) -> str:
@@ -118,35 +99,9 @@ def _pretrained_fingerprint(directory: str) -> dict[str, Any]:
     path = Path(directory)
     config = path / "config.json"
     if not config.is_file():
-        raise FileNotFoundError(f"{path}: backbone.pretrained directory has no config.json")
+        raise MissingFileError(f"{path}: backbone.pretrained directory has no config.json")
     weights = {p.name: p.stat().st_size for p in sorted(path.glob("*.safetensors"))}
     return {"path": str(path.resolve()), "config_sha256": file_sha256(config), "weight_files": weights}
-
-
-def replace_directory(temp: Path, target: Path) -> None:
-    """Move the finished, fsynced directory `temp` to `target`, replacing an older `target`.
-
-    Directories cannot be swapped in one atomic step: the old one is first renamed aside, so a crash in between
-    leaves the complete new directory under its temporary name and the complete old one under ``.<name>.old-*``.
-    """
-    _fsync_dir(temp)
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(temp, target)
-    _fsync_dir(target.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def new_temp_directory(target: Path) -> Path:
-    """An empty ``.<name>.tmp-<pid>`` next to `target` (removed first if a crashed run left one)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if temp.exists():
-        shutil.rmtree(temp)
-    temp.mkdir()
-    return temp
 
 
 # ------------------------------------------------------------------------------------------------------ head files
@@ -189,7 +144,7 @@ def save_policy(policy: VLAPolicy, path: str | Path, info: Mapping[str, Any] | N
             state = {name: tensor for name, tensor in state.items() if ".lora_" in name}
         tensors, aliases = _dedupe_shared(state)
         save_file(tensors, str(temp / BACKBONE_FILE), metadata={"format": "irevla-backbone"})
-        _readable_by_all(temp / BACKBONE_FILE)
+        make_readable_by_all(temp / BACKBONE_FILE)  # safetensors makes owner-only files
         save_head(temp / HEAD_FILE, policy.head_state(), head_metadata(policy))
         policy.stats.save(temp / STATS_FILE)
 
@@ -213,7 +168,7 @@ def save_policy(policy: VLAPolicy, path: str | Path, info: Mapping[str, Any] | N
         manifest["info"] = json.loads(json.dumps(dict(info or {}), default=str))
         (temp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         for name in (MANIFEST, HEAD_FILE, BACKBONE_FILE, STATS_FILE):
-            _fsync_file(temp / name)
+            fsync_file(temp / name)
         replace_directory(temp, path)
     finally:
         if temp.exists():
@@ -233,7 +188,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """The validated policy.json of the checkpoint directory `path`; with `verify`, every file's hash is checked."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: policy checkpoint directory not found")
+        raise MissingFileError(f"{path}: policy checkpoint directory not found")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise CheckpointError(f"{manifest_path}: missing; {path} is not an irevla policy checkpoint")

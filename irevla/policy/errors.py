@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from irevla.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A policy checkpoint (or a head / trainer-state file) is missing a part, corrupt, or does not match.
 
     The message names the file, the field and what was expected, e.g.

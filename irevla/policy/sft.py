@@ -37,12 +37,14 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, default_collate
 
+from irevla.atomic_io import new_temp_directory, replace_directory
 from irevla.config import ConfigError, dump_config
 from irevla.data.split import split_by_episode
 from irevla.data.stats import compute_stats
 from irevla.data.store import EpisodeCollection
 from irevla.data.torch_dataset import EpisodeStepDataset
-from irevla.policy.checkpoint import load_policy, new_temp_directory, replace_directory, save_policy
+from irevla.errors import MissingFileError
+from irevla.policy.checkpoint import load_policy, save_policy
 from irevla.policy.config import RESUMABLE_KEYS, SFTConfig
 from irevla.policy.errors import CheckpointError
 from irevla.policy.images import color_jitter, random_shift
@@ -278,7 +280,7 @@ def read_last(out: Path) -> tuple[VLAPolicy, dict]:
     last = out / "last"
     trainer_path = last / TRAINER_FILE
     if not trainer_path.is_file():
-        raise FileNotFoundError(f"{trainer_path}: nothing to resume (no checkpoint was written in {out})")
+        raise MissingFileError(f"{trainer_path}: nothing to resume (no checkpoint was written in {out})")
     try:
         trainer = json.loads(trainer_path.read_text())
     except json.JSONDecodeError as exc:

@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from irevla.errors import UserError
 from irevla.robot.config import RobotEnvConfig
 from irevla.robot.policy_runner import robot_action_spec
 from irevla.sim.base import ContractEnv, check_instruction, observation_space
 from irevla.spec import REAL_ROBOT_PROPRIO, ObservationSpec, TaskSpec
 
 
-class RobotEnvError(RuntimeError):
+class RobotEnvError(UserError, RuntimeError):
     """The robot side did not answer (no observation, reset failed); the message names the topic or service."""
 
 

@@ -40,7 +40,7 @@ try:
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 
-from irevla.config import ConfigError
+from irevla.errors import UserError, one_line
 from irevla.robot.params import config_from_parameters, flatten
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -132,8 +132,8 @@ def run_nodes(make_nodes: Callable[[], Sequence[Node]], args: Sequence[str] | No
         for node in nodes:
             executor.add_node(node)
         executor.spin()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UserError as exc:  # a bad parameter, a missing checkpoint, no camera: one line, no traceback
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

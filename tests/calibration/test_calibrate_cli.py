@@ -54,7 +54,7 @@ def test_offline_solve_writes_nothing_on_a_corrupt_sample(damaged_copy, tmp_path
     directory = damaged_copy()
     (directory / "sample_005.json").write_text("{ not json")
     out = tmp_path / "result.yaml"
-    assert main(["calibrate", "handeye", "--from", str(directory), "--out", str(out)]) == 1
+    assert main(["calibrate", "handeye", "--from", str(directory), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "sample_005.json: corrupt sample" in err and "nothing was written" in err
     assert not out.exists()
@@ -66,7 +66,7 @@ def test_offline_solve_writes_nothing_on_a_corrupt_sample(damaged_copy, tmp_path
 def test_offline_solve_refuses_a_mode_mismatch(eye_in_hand_session, tmp_path, capsys):
     out = tmp_path / "result.yaml"
     assert main(["calibrate", "handeye", "--from", str(eye_in_hand_session.directory), "--mode", "eye-on-base",
-                 "--out", str(out)]) == 1
+                 "--out", str(out)]) == 2
     assert "recorded for eye-in-hand, not eye-on-base" in capsys.readouterr().err and not out.exists()
 
 
@@ -74,7 +74,7 @@ def test_collection_with_too_few_samples_keeps_them_and_writes_no_result(tmp_pat
     samples, out = tmp_path / "samples", tmp_path / "result.yaml"
     scripted_input(monkeypatch, ["", "", "", "q"])
     assert main(["calibrate", "handeye", "--mode", "eye-on-base", "--simulate", "--samples-dir", str(samples),
-                 "--out", str(out)]) == 1
+                 "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "too few usable samples: 3" in err and f"--from {samples}" in err
     assert not out.exists() and len(list(samples.glob("sample_*.json"))) == 3
@@ -83,7 +83,7 @@ def test_collection_with_too_few_samples_keeps_them_and_writes_no_result(tmp_pat
 
 
 def test_collection_needs_a_mode(capsys):
-    assert main(["calibrate", "handeye", "--simulate"]) == 1
+    assert main(["calibrate", "handeye", "--simulate"]) == 2
     assert "--mode eye-in-hand|eye-on-base is required" in capsys.readouterr().err
 
 
@@ -100,7 +100,7 @@ def test_workspace_from_typed_corner_poses(tmp_path, monkeypatch, capsys):
 def test_workspace_errors_write_nothing(tmp_path, monkeypatch, capsys):
     out = tmp_path / "workspace.yaml"
     scripted_input(monkeypatch, ["", "0.3 0.0 0.2 1 0 0 0", "q"])
-    assert main(["calibrate", "workspace", "--pose-source", "manual", "--out", str(out)]) == 1
+    assert main(["calibrate", "workspace", "--pose-source", "manual", "--out", str(out)]) == 2
     assert "need at least 2 recorded corners" in capsys.readouterr().err and not out.exists()
     assert main(["calibrate", "workspace", "--limits", "0.3", "-0.3", "0.0", "0.7", "0.3", "0.5",
                  "--out", str(out)]) == 0
@@ -110,7 +110,7 @@ def test_workspace_errors_write_nothing(tmp_path, monkeypatch, capsys):
 def test_bad_config_names_file_and_key(tmp_path, capsys):
     config = tmp_path / "calibration.yaml"
     config.write_text("board:\n  square_length: 0.02\n  marker_length: 0.03\n")
-    assert main(["calibrate", "board", "--config", str(config), "--out", str(tmp_path / "b.png")]) == 1
+    assert main(["calibrate", "board", "--config", str(config), "--out", str(tmp_path / "b.png")]) == 2
     err = capsys.readouterr().err
     assert "calibration.yaml: board" in err and "marker_length" in err
 

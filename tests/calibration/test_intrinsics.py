@@ -104,6 +104,6 @@ def test_cli_writes_nothing_on_bad_input(tmp_path, capsys):
     folder.mkdir()
     (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "intrinsics.yaml"
-    assert main(["calibrate", "intrinsics", "--images", str(folder), "--out", str(out)]) == 1
+    assert main(["calibrate", "intrinsics", "--images", str(folder), "--out", str(out)]) == 2
     assert "broken.png: not a readable image" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == [folder]

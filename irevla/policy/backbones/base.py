@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from irevla.errors import MissingFileError
 from irevla.policy.config import BackboneConfig
 from irevla.policy.images import CLIP_MEAN, CLIP_STD
 from irevla.policy.tokenizer import ByteTokenizer, HFTextTokenizer, TextTokenizer
@@ -100,8 +101,8 @@ class BackboneAdapter(nn.Module, ABC):
     def from_pretrained(cls, config: BackboneConfig) -> BackboneAdapter:
         path = Path(config.pretrained)
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: backbone.pretrained must be a local model directory with config.json "
-                                    f"and *.safetensors (irevla never downloads models)")
+            raise MissingFileError(f"{path}: backbone.pretrained must be a local model directory with config.json "
+                                   f"and *.safetensors (irevla never downloads models)")
         from transformers import AutoTokenizer
 
         model = cls.model_class.from_pretrained(path, dtype=DTYPES[config.dtype], local_files_only=True,

@@ -37,9 +37,9 @@ from irevla.robot.conversions import (
     proprio_to_joint_state,
     stamp_to_seconds,
 )
-from irevla.robot.geometry import proprio_from_pose
 from irevla.robot.ros_edge import COMMAND_QOS, STATE_QOS, declare_config, run_nodes, wall_time
 from irevla.robot.safety import Command, PoseTarget, SafetyFilter
+from irevla.rotations import proprio_from_pose
 
 
 class FrankaControlNode(Node):
