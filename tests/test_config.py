@@ -4,7 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from irevla.config import ConfigError, DemoConfig, SimConfig, dump_config, load_config
+from irevla.config import (
+    ConfigError,
+    DemoConfig,
+    SimConfig,
+    compose_config,
+    dump_config,
+    load_config,
+    override_model,
+    parse_overrides,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,3 +87,62 @@ def test_unreadable_file_is_a_config_error(tmp_path):
     path.write_bytes(b"demos:\n  out: caf\xe9\n")
     with pytest.raises(ConfigError, match="latin1.yaml: cannot read the config file"):
         load_config(path, DemoConfig)
+
+
+def test_set_items_parse_as_yaml_scalars_in_one_place():
+    assert parse_overrides(["train.lr=3.0e-4", "train.steps=5", "policy.head.hidden=[8, 8]", "init=null",
+                            "out=runs/x", "tasks=[a, b]", "fast=false", "train.steps=6"]) == {
+        "train.lr": 3.0e-4, "train.steps": 6, "policy.head.hidden": [8, 8], "init": None, "out": "runs/x",
+        "tasks": ["a", "b"], "fast": False}
+    assert parse_overrides(["variation=obj:0.1,0,0"]) == {"variation": "obj:0.1,0,0"}  # only the first = splits
+
+
+@pytest.mark.parametrize("item, message", [
+    ("train.lr", r"--set 'train.lr': expected KEY=VALUE with a dotted key"),
+    ("=3", r"--set '=3': expected KEY=VALUE"),
+    ("train..lr=3", r"--set 'train..lr=3': expected KEY=VALUE"),
+    ("train.=3", r"--set 'train.=3': expected KEY=VALUE"),
+    ("policy.head.hidden=[8, 8", r"--set 'policy.head.hidden=\[8, 8': the value is not valid YAML"),
+])
+def test_a_malformed_set_item_is_a_config_error_naming_it(item, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides([item])
+
+
+def test_every_set_option_uses_the_one_parser():
+    import irevla.iterate.cli
+    import irevla.policy.cli
+    import irevla.robot.cli
+
+    for module in (irevla.policy.cli, irevla.iterate.cli, irevla.robot.cli):
+        source = Path(module.__file__).read_text()
+        assert "parse_overrides" in source and "yaml.safe_load(value)" not in source, module.__name__
+    assert not hasattr(irevla.policy.cli, "_parse_set")
+
+
+def test_a_set_replaces_a_key_the_file_spells_with_dots(tmp_path):
+    path = tmp_path / "sim.yaml"
+    path.write_text("render:\n  image_size: 64\n")
+    assert load_config(path, SimConfig, {"render.image_size": 32}).render.image_size == 32
+    path.write_text("task: x\n")
+    with pytest.raises(ConfigError, match=r"sim.yaml: override task.name: task is not a mapping"):
+        load_config(path, SimConfig, {"task.name": "y"})
+
+
+def test_override_models_are_typed_and_compose_key_by_key():
+    SimOverrides = override_model(SimConfig)
+    assert override_model(SimConfig) is SimOverrides
+    changes = validate_config({"render.image_size": 32, "render": {"fast": False}}, SimOverrides, "o")
+    assert changes.changes() == {"render": {"image_size": 32, "fast": False}}
+    with pytest.raises(ConfigError, match=r"o: render.imagesize: unknown key"):
+        validate_config({"render": {"imagesize": 32}}, SimOverrides, "o")
+    with pytest.raises(ConfigError, match=r"o: render.image_size: Input should be greater than or equal to 16"):
+        validate_config({"render.image_size": 8}, SimOverrides, "o")
+    with pytest.raises(ConfigError, match=r"o: family: Input should be 'metaworld' or 'kitchen'"):
+        validate_config({"family": "isaac"}, SimOverrides, "o")
+    base = SimConfig(task="drawer-open-v3")
+    composed = compose_config(SimConfig, base, changes, {"variation": "color:red"}, source="s")
+    assert composed == SimConfig(task="drawer-open-v3", variation="color:red",
+                                 render={"image_size": 32, "fast": False})
+    with pytest.raises(ConfigError, match=r"s: render.image_size: Input should be a valid integer"):
+        compose_config(SimConfig, changes, {"render": {"image_size": "big"}}, source="s")

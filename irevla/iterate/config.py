@@ -8,17 +8,58 @@ expert, RL and unseen task groups. `config/demo.yaml` is the simulated demo; doc
 section; config/iterate_robot.yaml, docs/robot.md "Iterate on the robot"). Its settings model is plain pydantic
 (`irevla.robot.config` imports no rclpy); the env itself, and with it rclpy, is imported only when a robot run
 builds it (`irevla.iterate.envs`).
+
+The stages' settings are typed parts of this config, validated when it loads: ``sft_overrides`` and
+``stage2.overrides`` are typed changes to the SFT settings (`SFTOverrides`: `irevla.policy.config.SFTConfig` with
+every key optional), ``rl.learner`` is `irevla.learner.config.LearnerConfig`, ``eval`` is `EvalConfig`. A stage
+gets a composed, validated `SFTConfig` from `IterateConfig.stage0_sft` / `stage2_sft` (the ``sft_config`` file,
+then the overrides, then what the loop sets); `load_iterate_config` composes both once at load, so a setting that
+only fails in combination (``train.batch_size`` not a multiple of ``train.grad_accumulation``) stops the run
+before anything runs.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from irevla.config import ConfigModel, DemosConfig
-from irevla.learner.config import LearnerConfig
+from irevla.config import (
+    ConfigError,
+    ConfigModel,
+    DemosConfig,
+    compose_config,
+    load_config,
+    override_model,
+    read_config_mapping,
+    validate_config,
+)
+from irevla.learner.config import LearnerConfig, PPOConfig  # pydantic only, no jax
+from irevla.learner.registry import get_algorithm  # names only: the learner classes (jax) load when used
+from irevla.policy.config import SFTConfig
 from irevla.robot.config import RobotEnvConfig
+
+# Typed changes to the SFT settings: any SFTConfig key (nested, or dotted: ``train.steps: 1200``), each optional.
+SFTOverrides = override_model(SFTConfig)
+
+# SFT keys the loop sets itself for every stage it runs (a value given for them would be silently replaced).
+_LOOP_SETS = {"data.dirs": "the loop sets it: D_e (demos, expert_data), and D_RL in stage 2",
+              "out": "the loop sets it: run_dir/sft, run_dir/stage2-K",
+              "train.threads": "the loop sets it from threads"}
+_STAGE2_SETS = {**_LOOP_SETS,
+                "init": "the loop sets it: stage 2 starts from the current policy",
+                "policy.backbone_training": "the loop sets it from stage2.backbone_training / stage2.freeze_vlm"}
+
+
+def _given(changes: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = changes
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 class TaskRef(ConfigModel):
@@ -44,8 +85,8 @@ class TaskRef(ConfigModel):
 class RLConfig(ConfigModel):
     """Stage 1: online RL of the head with the VLM frozen, learner in its own process."""
 
-    algorithm: Literal["sac", "ppo"] = Field(default="sac", description="sac (SACfD/RLPD, the paper's real-robot "
-                                                                        "method) or ppo (simulation comparison)")
+    algorithm: str = Field(default="sac", description="a name in irevla.learner.registry.ALGORITHMS: sac (SACfD/RLPD, "
+                                                      "the paper's real-robot method) or ppo (simulation comparison)")
     latent: Literal["pooled", "tokens"] = Field(default="pooled", description="what the replay stores: the token "
                                                                               "learner's output (head MLP trains) "
                                                                               "or all VLM tokens (whole head trains)")
@@ -67,9 +108,38 @@ class RLConfig(ConfigModel):
         "noise keeps a drift for tens of steps, so it explores a consistent offset (e.g. a target further right) "
         "that white noise averages away; the marginal per step is the same Gaussian"))
     learner: LearnerConfig = LearnerConfig()
-    ppo: dict = Field(default_factory=dict, description="PPO settings (irevla.learner.ppo.PPOConfig)")
+    ppo: dict = Field(default_factory=dict, description="PPO settings (irevla.learner.config.PPOConfig; checked "
+                                                        "against it at load, handed to the learner as given)")
     learner_threads: int = Field(default=1, ge=1, description="CPU threads of the learner process")
     seed: int = 0
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm_is_registered(cls, name: str) -> str:
+        try:
+            get_algorithm(name, where="rl.algorithm")
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("rl.algorithm: ")) from None
+        return name
+
+    @field_validator("learner")
+    @classmethod
+    def _sac_settings_fit(cls, learner: LearnerConfig) -> LearnerConfig:
+        try:
+            learner.sac.check()
+        except ValueError as exc:
+            raise ValueError(f"sac: {exc}") from None
+        return learner
+
+    @field_validator("ppo")
+    @classmethod
+    def _ppo_settings_are_valid(cls, ppo: dict) -> dict:
+        if ppo:
+            try:
+                validate_config(ppo, PPOConfig, "ppo")
+            except ConfigError as exc:
+                raise ValueError("; ".join(line.removeprefix("ppo: ") for line in str(exc).splitlines())) from None
+        return ppo
 
 
 class Stage2Config(ConfigModel):
@@ -80,7 +150,9 @@ class Stage2Config(ConfigModel):
                                                         "too (only the head trains)")
     backbone_training: Literal["lora", "full"] = Field(default="lora", description="what of the VLM trains")
     steps: int = Field(default=500, ge=1)
-    overrides: dict = Field(default_factory=dict, description="dotted SFT keys for stage 2 (e.g. train.lr)")
+    overrides: SFTOverrides = Field(default_factory=SFTOverrides, description=(
+        "SFT settings for stage 2 on top of sft_overrides (nested or dotted keys, e.g. train.lr or "
+        "data.expert_fraction); typed: a misspelt key or a wrong type is an error at load"))
     command: str | None = Field(default=None, description=(
         "run stage 2 elsewhere: a shell command template with {config}, {out}, {run_dir}, {python} (e.g. ssh + "
         "accelerate launch, or sbatch --wait); unset: in this process"))
@@ -110,7 +182,9 @@ class IterateConfig(ConfigModel):
                                                                  "demos)")
     sft_config: str | None = Field(default="config/sft.yaml", description="stage-0 SFT config (its data/out are "
                                                                           "set by the loop)")
-    sft_overrides: dict = Field(default_factory=dict, description="dotted SFT keys for stage 0, e.g. train.steps")
+    sft_overrides: SFTOverrides = Field(default_factory=SFTOverrides, description=(
+        "SFT settings for stage 0 on top of sft_config (stage 2 starts from them too): nested or dotted keys, e.g. "
+        "train.steps; typed: a misspelt key or a wrong type is an error at load"))
     init: str | None = Field(default=None, description="start from this policy checkpoint instead of stage 0")
     expert_tasks: tuple[TaskRef, ...] | None = Field(default=None, description="default: the demo tasks")
     rl_tasks: tuple[TaskRef, ...] = Field(min_length=1)
@@ -144,6 +218,11 @@ class IterateConfig(ConfigModel):
             raise ValueError("stage 0 needs sft_config (or give init)")
         if self.expert_tasks is None and self.demos is None:
             raise ValueError("expert_tasks is required when no demos are recorded")
+        for section, overrides, owned in (("sft_overrides", self.sft_overrides, _LOOP_SETS),
+                                          ("stage2.overrides", self.stage2.overrides, _STAGE2_SETS)):
+            for key, why in owned.items():
+                if _given(overrides.changes(), key):
+                    raise ValueError(f"{section}.{key}: {why}; remove it")
         return self
 
     def _check_family(self) -> None:
@@ -181,3 +260,71 @@ class IterateConfig(ConfigModel):
         if self.expert_tasks is not None:
             return self.expert_tasks
         return tuple(TaskRef(task=t) for t in self.demos.tasks)
+
+    # ---------------------------------------------------------------------------- the SFT stages' settings
+    def expert_dirs(self, run_dir: str | Path | None = None) -> list[str]:
+        """D_e: the recorded demos (run_dir/expert) first, then expert_data."""
+        dirs = list(self.expert_data)
+        if self.demos is not None:
+            dirs.insert(0, str(Path(run_dir if run_dir is not None else self.run_dir) / "expert"))
+        return dirs
+
+    def sft_base(self):
+        """The ``sft_config`` file as typed SFT changes (SFTConfig's defaults when there is none: stage 2 of a run
+        that starts from ``init``). Errors name the file and the key."""
+        if self.sft_config is None:
+            return SFTOverrides()
+        path = Path(self.sft_config)
+        return validate_config(read_config_mapping(path), SFTOverrides, str(path))
+
+    def _sft_source(self, *sections: str) -> str:
+        return " + ".join([self.sft_config or "SFT defaults", *sections])
+
+    def stage0_sft(self, run_dir: str | Path | None = None, base=None) -> SFTConfig:
+        """Stage 0's settings: sft_config, then sft_overrides, then the loop's (D_e, run_dir/sft, threads)."""
+        run_dir = Path(run_dir if run_dir is not None else self.run_dir)
+        loop = {"data": {"dirs": self.expert_dirs(run_dir)}, "out": str(run_dir / "sft"),
+                "train": {"threads": self.threads}}
+        return compose_config(SFTConfig, base if base is not None else self.sft_base(), self.sft_overrides, loop,
+                              source=f"stage 0's SFT settings ({self._sft_source('sft_overrides')})")
+
+    @property
+    def stage2_training(self) -> str:
+        """What of the VLM stage 2 trains: lora / full, or frozen (the iRe-VLA-freeze ablation)."""
+        return "frozen" if self.stage2.freeze_vlm else self.stage2.backbone_training
+
+    def stage2_sft(self, k: int, policy_path: str, run_dir: str | Path | None = None, base=None) -> SFTConfig:
+        """Stage 2 after RL task `k`, from `policy_path`: sft_config, sft_overrides, stage2.steps with no warm-up,
+        stage2.overrides, then the loop's (D_e + D_RL, run_dir/stage2-K, the policy, what trains, threads)."""
+        run_dir = Path(run_dir if run_dir is not None else self.run_dir)
+        stage2 = {"train": {"steps": self.stage2.steps, "warmup_steps": 0}}
+        loop = {"data": {"dirs": [*self.expert_dirs(run_dir), str(run_dir / "d_rl")]},
+                "out": str(run_dir / f"stage2-{k}"), "init": policy_path,
+                "policy": {"backbone_training": self.stage2_training}, "train": {"threads": self.threads}}
+        return compose_config(SFTConfig, base if base is not None else self.sft_base(), self.sft_overrides, stage2,
+                              self.stage2.overrides, loop,
+                              source=f"stage 2's SFT settings ({self._sft_source('sft_overrides', 'stage2.overrides')})")
+
+    def check_stages(self) -> None:
+        """Compose the settings of every SFT stage this run has (stage 2 once: its runs differ only in paths), so a
+        problem shows now, not hours in. Raises `ConfigError` naming the settings and the key."""
+        runs_stage0 = self.init is None
+        runs_stage2 = not self.stage2.skip
+        if not (runs_stage0 or runs_stage2):
+            return
+        base = self.sft_base()
+        if runs_stage0:
+            self.stage0_sft(base=base)
+        if runs_stage2:
+            self.stage2_sft(1, self.init or str(Path(self.run_dir) / "rl-1" / "policy"), base=base)
+
+
+def load_iterate_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> IterateConfig:
+    """Load a loop config (`overrides`: dotted keys, e.g. from ``--set``) and compose its stages' SFT settings.
+    Every problem is a `ConfigError` naming the file and the key, before anything runs."""
+    config = load_config(path, IterateConfig, overrides)
+    try:
+        config.check_stages()
+    except ConfigError as exc:
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
+    return config

@@ -33,13 +33,14 @@ from typing import Any
 
 from irevla.atomic_io import atomic_write_text
 from irevla.config import dump_config
+from irevla.errors import UserError
 from irevla.iterate.config import IterateConfig, TaskRef
 
 Log = Callable[[str], None]
 STATE_FILE = "state.json"
 
 
-class LoopError(RuntimeError):
+class LoopError(UserError, RuntimeError):
     """A stage failed in a way the user must look at (the message names the stage and the file)."""
 
 
@@ -90,10 +91,7 @@ def stage_names(config: IterateConfig) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------ stages
 def _expert_dirs(config: IterateConfig, run_dir: Path) -> list[str]:
-    dirs = list(config.expert_data)
-    if config.demos is not None:
-        dirs.insert(0, str(run_dir / "expert"))
-    return dirs
+    return config.expert_dirs(run_dir)
 
 
 def stage_demos(config: IterateConfig, run_dir: Path, log: Log) -> dict:
@@ -112,13 +110,6 @@ def stage_demos(config: IterateConfig, run_dir: Path, log: Log) -> dict:
     return {"dir": str(run_dir / "expert"), "episodes": report.kept}
 
 
-def _sft_config(config: IterateConfig, overrides: dict):
-    from irevla.config import load_config
-    from irevla.policy.config import SFTConfig
-
-    return load_config(config.sft_config, SFTConfig, overrides=overrides)
-
-
 def _checkpoint_step(out: Path) -> int:
     """The step an interrupted SFT run in `out` resumes from (0: it starts fresh)."""
     trainer = out / "last" / "trainer.json"
@@ -129,8 +120,7 @@ def stage_sft(config: IterateConfig, run_dir: Path, log: Log) -> dict:
     from irevla.policy.sft import run_sft
 
     out = run_dir / "sft"
-    sft = _sft_config(config, {**config.sft_overrides, "data.dirs": _expert_dirs(config, run_dir), "out": str(out),
-                               "train.threads": config.threads})
+    sft = config.stage0_sft(run_dir)  # typed: sft_config + sft_overrides + D_e, out, threads
     resumed_from = _checkpoint_step(out)
     if resumed_from:
         log(f"stage 0 resumes from step {resumed_from}")
@@ -176,16 +166,8 @@ def stage_stage2(config: IterateConfig, run_dir: Path, k: int, policy_path: str,
 
     out = run_dir / f"stage2-{k}"
     stage2 = config.stage2
-    training = "frozen" if stage2.freeze_vlm else stage2.backbone_training
-    data_dirs = _expert_dirs(config, run_dir) + [str(run_dir / "d_rl")]
-    overrides = {**config.sft_overrides, "train.steps": stage2.steps, "train.warmup_steps": 0, **stage2.overrides,
-                 "data.dirs": data_dirs, "out": str(out), "init": policy_path,
-                 "policy.backbone_training": training, "train.threads": config.threads}
-    sft = _sft_config(config, overrides)
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "stage2.yaml"
-    if not config_path.exists():
-        dump_config(sft, config_path)
+    training = config.stage2_training
+    sft = config.stage2_sft(k, policy_path, run_dir)  # typed: sft_config + overrides + D_e + D_RL, the policy
     if stage2.command is None:
         from irevla.policy.sft import run_sft
 
@@ -193,6 +175,11 @@ def stage_stage2(config: IterateConfig, run_dir: Path, k: int, policy_path: str,
         result = run_sft(sft, resume=resumed_from > 0, log=log)
         return {"policy": str(out / "policy"), "val_loss": result.val_loss, "backbone_training": training,
                 "resumed_from_step": resumed_from}
+    # Dispatched elsewhere: the other process needs the settings as a file (`irevla sft --config {config}`).
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "stage2.yaml"
+    if not config_path.exists():
+        dump_config(sft, config_path)
     command = stage2.command.format(config=shlex.quote(str(config_path)), out=shlex.quote(str(out)),
                                     run_dir=shlex.quote(str(run_dir)), python=shlex.quote(sys.executable))
     log(f"stage 2 dispatched: {command}")
@@ -281,11 +268,11 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
     from irevla.data.episode import EpisodeBuilder
     from irevla.data.store import EpisodeStore
     from irevla.iterate.actor import run_rl_episode
-    from irevla.policy.latent_actor import LatentActor
     from irevla.iterate.envs import make_task_env
     from irevla.iterate.handoff import merge_head_file
-    from irevla.transport.zmq_link import ZmqLearnerLink
     from irevla.policy.checkpoint import load_policy, save_policy
+    from irevla.policy.latent_actor import LatentActor
+    from irevla.transport.actor_side import ZmqLearnerLink
 
     ref = config.rl_tasks[k - 1]
     rl = config.rl
@@ -428,6 +415,7 @@ def current_policy(config: IterateConfig, state: RunState, upto: str) -> str:
 def run_iterate(config: IterateConfig, log: Log = print, progress_factory=None) -> RunState:
     from irevla.iterate.report import write_report
 
+    config.check_stages()  # every SFT stage's settings compose (ConfigError naming the key) before anything runs
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "config.yaml"

@@ -2,15 +2,15 @@
 
 `add_sft_parser(subparsers)` and `add_policy_parser(subparsers)` add them to the main parser; each sets ``func``.
 Nothing heavy is imported until a command runs, so ``irevla --help`` stays fast. Errors a user can fix surface as
-`irevla.config.ConfigError`, `irevla.spec.ContractError`, `irevla.policy.errors.CheckpointError` or
-`FileNotFoundError`, which the main CLI prints as one line (exit 2).
+`irevla.errors.UserError`s (`irevla.config.ConfigError`, `irevla.spec.ContractError`,
+`irevla.policy.errors.CheckpointError`, `irevla.errors.MissingFileError`), which the main CLI prints as one line
+(exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 SFT_EPILOG = """\
 examples:
@@ -24,25 +24,11 @@ Every key is documented in irevla/policy/config.py and docs/policy.md.
 """
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    from irevla.config import ConfigError
-
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=3.0e-4")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def _sft_config(args: argparse.Namespace):
-    from irevla.config import load_config, validate_config
+    from irevla.config import apply_overrides, load_config, parse_overrides, validate_config
     from irevla.policy.config import SFTConfig
 
-    overrides = _parse_set(args.set or [])
+    overrides = parse_overrides(args.set or [])
     if args.data:
         overrides["data.dirs"] = list(args.data)
     if args.out:
@@ -53,14 +39,7 @@ def _sft_config(args: argparse.Namespace):
         overrides["init"] = args.init
     if args.config:
         return load_config(args.config, SFTConfig, overrides)
-    nested: dict[str, Any] = {}
-    for dotted, value in overrides.items():
-        node = nested
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return validate_config(nested, SFTConfig, "<command line>")
+    return validate_config(apply_overrides({}, overrides, "<command line>"), SFTConfig, "<command line>")
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
@@ -138,6 +117,7 @@ def _cmd_policy_eval(args: argparse.Namespace) -> int:
     if args.report:
         from pathlib import Path
 
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=1))
     return 0
 

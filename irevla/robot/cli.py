@@ -41,18 +41,16 @@ def _models() -> dict[str, Any]:
 
 
 def _overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    import yaml
-
-    from irevla.config import ConfigError
+    from irevla.config import ConfigError, parse_overrides
 
     result: dict[str, dict[str, Any]] = {}
     for item in items:
         node, colon, assignment = item.partition(":")
-        key, equals, value = assignment.partition("=")
+        key, equals, _ = assignment.partition("=")
         if not colon or not equals or node not in NODE_NAMES or not key:
             raise ConfigError(f"--set {item!r}: expected NODE:KEY=VALUE with NODE one of {NODE_NAMES}, e.g. "
                               f"franka_control:safety.max_linear_velocity=0.2")
-        result.setdefault(node, {})[key.strip()] = yaml.safe_load(value)
+        result.setdefault(node, {}).update(parse_overrides([assignment], option=f"--set {node}:"))
     return result
 
 
@@ -232,15 +230,15 @@ def add_robot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m irevla.robot.cli ...`` (the same as ``irevla robot ...``)."""
-    from irevla.config import ConfigError
+    from irevla.errors import UserError, one_line
 
     parser = argparse.ArgumentParser(prog="irevla")
     add_robot_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["robot", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UserError as exc:
+        print(f"irevla: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from irevla.config import ConfigError, load_config
+from irevla.iterate.config import IterateConfig
 from irevla.iterate.envs import robot_env_config
 from irevla.iterate.loop import stage_names
-from irevla.iterate.config import IterateConfig
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "iterate_robot.yaml"

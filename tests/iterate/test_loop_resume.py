@@ -68,8 +68,8 @@ def _episodes(directory: Path) -> set[str]:
 @pytest.mark.slow
 def test_kill_during_sft_and_during_rl_then_resume(tmp_path):
     from irevla.config import validate_config
-    from irevla.iterate.loop import stage_names
     from irevla.iterate.config import IterateConfig
+    from irevla.iterate.loop import stage_names
 
     run_dir = tmp_path / "run"
     config = _config(run_dir)

@@ -59,8 +59,8 @@ def run_config(directory: Path) -> dict:
 
 def iterate_body() -> None:
     from irevla.config import validate_config
-    from irevla.iterate.loop import stage_names
     from irevla.iterate.config import IterateConfig
+    from irevla.iterate.loop import stage_names
 
     directory = Path(os.environ["IREVLA_TEST_DIR"])
     config = run_config(directory)
