@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from irevla.errors import UserError
+
 Log = Callable[[str], None]
 
 INIT_FILES = ("spec.json", "head.safetensors", "learner.yaml", "demo.safetensors")
@@ -28,7 +30,7 @@ DONE = "done"  # written last: a learner_init directory without it is incomplete
 SETTINGS_KEYS = ("algorithm", "learner", "ppo")  # the learner parts of a loop config's ``rl:`` section
 
 
-class HandoffError(ValueError):
+class HandoffError(UserError, ValueError):
     """A learner_init directory or an exported head cannot be made from what was given (names the file)."""
 
 
@@ -70,12 +72,16 @@ def load_learner_settings(path: str | Path | None):
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {unknown}: expected only {list(SETTINGS_KEYS)} (the learner "
                               f"parts of a loop config's rl: section)")
-    rl = validate_config(data, RLConfig, str(path) if path is not None else "<defaults>")
-    rl.learner.sac.check()
-    if rl.algorithm == "ppo" or rl.ppo:
-        from irevla.learner.ppo import PPOConfig
+    from irevla.learner.registry import ALGORITHMS, get_algorithm
 
-        validate_config(rl.ppo, PPOConfig, f"{path}: ppo")
+    where = str(path) if path is not None else "<defaults>"
+    get_algorithm(data.get("algorithm", "sac"), where=f"{where}: algorithm")  # before RLConfig: names the known ones
+    rl = validate_config(data, RLConfig, where)
+    rl.learner.sac.check()
+    # Every algorithm's section that is given is validated (pydantic only, no JAX), not just the chosen one's.
+    for entry in ALGORITHMS.values():
+        if entry.name == rl.algorithm or data.get(entry.section):
+            entry.config(data, where)
     return rl.algorithm, rl.learner, dict(rl.ppo)
 
 
@@ -93,11 +99,11 @@ def write_learner_init(directory: str | Path, policy, *, latent: str, algorithm:
     """
     import numpy as np
 
-    from irevla.atomic_io import atomic_write_text, atomic_write_yaml
+    from irevla.atomic_io import atomic_write_text, atomic_write_yaml, new_temp_directory, replace_directory
     from irevla.data.store import EpisodeCollection, read_episode
     from irevla.learner.flax_head import HeadSpec
     from irevla.learner.replay import LatentReplay, ReplayError
-    from irevla.policy.checkpoint import new_temp_directory, replace_directory, save_head
+    from irevla.policy.checkpoint import save_head
     from irevla.spec import ContractError
 
     if latent not in ("pooled", "tokens"):

@@ -18,37 +18,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                        f"intra_op_parallelism_threads={args.threads}")
     import yaml
 
+    from irevla.config import ConfigError
+    from irevla.errors import MissingFileError
+    from irevla.transport.learner_side import LearnerServer
+    from irevla.transport.wire import learner_auth
+
+    # The user's mistakes first, before JAX loads: no token or keys (the most common one), a bad --bind, a wrong
+    # --init. CURVE keys, or on loopback the token ($IREVLA_LEARNER_TOKEN...); else a TransportError saying which.
+    auth = learner_auth(args.bind, curve_secret=args.curve_secret, curve_clients=args.curve_clients)
+    init, out = Path(args.init), Path(args.out)
+    for name in ("spec.json", "learner.yaml"):
+        if not (init / name).is_file():
+            raise MissingFileError(f"{init / name}: not found; --init must be a learner_init directory (written by "
+                                   f"`irevla learner init` or `irevla iterate`)")
+    try:
+        spec_dict = json.loads((init / "spec.json").read_text())
+        settings = yaml.safe_load((init / "learner.yaml").read_text()) or {}
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{init}: corrupt learner_init file: {exc}") from None
+
     from irevla.atomic_io import atomic_write_text
-    from irevla.config import validate_config
     from irevla.head_file import load_head_arrays
     from irevla.learner.flax_head import HeadSpec
-    from irevla.learner.learner import Learner, LearnerConfig, serve
+    from irevla.learner.process import serve
+    from irevla.learner.registry import get_algorithm
     from irevla.learner.replay import LatentReplay
-    from irevla.transport.zmq_link import LearnerServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    init, out = Path(args.init), Path(args.out)
-    spec = HeadSpec.from_dict(json.loads((init / "spec.json").read_text()))
-    settings = yaml.safe_load((init / "learner.yaml").read_text())
+    spec = HeadSpec.from_dict(spec_dict)
     algorithm = settings.get("algorithm", "sac")
-    if algorithm == "ppo":
-        from irevla.learner.ppo import PPOConfig, PPOLearner
-
-        learner_type, config = PPOLearner, validate_config(settings.get("ppo") or {}, PPOConfig, str(init / "ppo"))
-    else:
-        learner_type, config = Learner, validate_config(settings["learner"], LearnerConfig,
-                                                        str(init / "learner.yaml"))
+    entry = get_algorithm(algorithm, where=f"{init / 'learner.yaml'}: algorithm")
+    config = entry.config(settings, str(init / "learner.yaml"))
     snapshot = out / "snapshot"
     if (snapshot / "learner.json").is_file():
-        learner = learner_type.restore(snapshot, spec, config)
+        learner = entry.restore(snapshot, spec, config)
         logging.info("resumed from %s: %d updates, %d episodes", snapshot, learner.updates, learner.episodes)
     else:
         state, _ = load_head_arrays(init / "head.safetensors")
-        if algorithm == "ppo":
-            learner = learner_type(spec, config, state)
-        else:
-            learner = learner_type(spec, config, state, demo=LatentReplay.load(
-                init / "demo.safetensors", capacity=config.demo_capacity))
+        learner = entry.create(spec, config, state, demo=LatentReplay.load(init / "demo.safetensors",
+                                                                           capacity=config.demo_capacity))
     stopping = {"now": False}
 
     def _stop(signum, frame):  # noqa: ARG001
@@ -56,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with LearnerServer(args.bind, allow_remote=args.allow_remote) as server:
+    with LearnerServer(args.bind, auth) as server:
         if args.address_file:
             atomic_write_text(args.address_file, server.address + "\n")
         logging.info("learner (%s, %s latents) serving on %s", algorithm, spec.latent, server.address)

@@ -1,4 +1,4 @@
-"""Settings of the stage-1 learner (pydantic, no jax): SAC/REDQ and the learner process around it.
+"""Settings of the stage-1 learner (pydantic, no jax): what every algorithm's learner shares, SAC/REDQ, PPO.
 
 Kept apart from the algorithm files so the CLI and the loop's config validate without importing jax.
 """
@@ -8,6 +8,20 @@ from __future__ import annotations
 from pydantic import Field
 
 from irevla.config import ConfigModel
+
+
+class LearnerBaseConfig(ConfigModel):
+    """What the learner around any algorithm (`irevla.learner.learner.Learner`) reads: the demo buffer, which
+    episodes are copied into it, publishing and snapshots."""
+
+    demo_capacity: int = Field(default=100_000, ge=2, description="observations in the demo buffer")
+    successes_to_demo: bool = Field(default=True, description="copy successful online episodes into the demo "
+                                                             "buffer (self-imitation half of the batch)")
+    interventions_to_demo: bool = Field(default=True, description="copy episodes with human interventions into "
+                                                                  "the demo buffer (HIL-SERL)")
+    publish_every: int = Field(default=10, ge=1, description="publish the head every this many updates")
+    snapshot_every_s: float = Field(default=60.0, gt=0, description="snapshot buffers and state this often")
+    seed: int = 0
 
 
 class SACConfig(ConfigModel):
@@ -42,16 +56,41 @@ class SACConfig(ConfigModel):
             raise ValueError(f"critic_subsample {self.critic_subsample} > num_critics {self.num_critics}")
 
 
-class LearnerConfig(ConfigModel):
+class LearnerConfig(LearnerBaseConfig):
+    """The SAC learner: the ``rl.learner`` section of a loop config."""
+
     sac: SACConfig = SACConfig()
     online_capacity: int = Field(default=200_000, ge=2, description="observations in the online buffer")
-    demo_capacity: int = Field(default=100_000, ge=2, description="observations in the demo buffer")
     warmup_transitions: int = Field(default=200, ge=0, description="online transitions before the first update")
     updates_per_transition: float = Field(default=1.0, ge=0, description="updates allowed per received transition "
                                                                          "(0: unlimited, free-running)")
-    publish_every: int = Field(default=10, ge=1, description="publish the head every this many updates")
-    snapshot_every_s: float = Field(default=60.0, gt=0, description="snapshot buffers and state this often")
-    successes_to_demo: bool = Field(default=True, description="copy successful online episodes into the demo "
-                                                             "buffer (self-imitation half of the batch)")
     demo_fraction: float = Field(default=0.5, ge=0, le=1, description="share of each batch from the demo buffer")
-    seed: int = 0
+
+
+class PPOConfig(LearnerBaseConfig):
+    """Stage-1 PPO settings (defaults: cleanrl's ppo_continuous_action, except the on-policy batch in episodes) and
+    the learner's (buffers, publishing, snapshots) -- the ``rl.ppo`` section of a loop config."""
+
+    clip: float = Field(default=0.2, gt=0, description="PPO ratio clip epsilon")
+    gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    discount: float = Field(default=0.99, gt=0, le=1)
+    lr: float = Field(default=3e-4, gt=0, description="Adam learning rate (policy, log_std and value)")
+    epochs: int = Field(default=4, ge=1, description="passes over each on-policy batch")
+    minibatch_size: int = Field(default=64, ge=2, description="transitions per gradient step")
+    episodes_per_update: int = Field(default=16, ge=1, description="complete on-policy episodes per update")
+    value_coef: float = Field(default=0.5, ge=0)
+    entropy_coef: float = Field(default=0.0, ge=0, description="weight of the Gaussian entropy bonus")
+    grad_clip: float = Field(default=0.5, gt=0, description="global gradient-norm clip")
+    initial_log_std: float = Field(default=-1.6, description="log std of the exploration noise at the start "
+                                                             "(unit action space; -1.6 = std 0.2)")
+    normalize_advantages: bool = Field(default=True, description="zero-mean, unit-std advantages over the batch")
+    target_kl: float | None = Field(default=None, gt=0, description="stop the epochs early once the approximate "
+                                                                    "KL to the behaviour policy exceeds this")
+    bc_weight: float = Field(default=0.0, ge=0, description="weight of MSE(mean action, demo action) on a demo "
+                                                           "minibatch per step (needs a demo buffer)")
+    value_hidden: tuple[int, ...] | None = Field(default=None, description="value MLP widths (default: the actor "
+                                                                           "head's)")
+    # PPO's demo buffer only feeds the BC term: successes are on-policy data already, not demos.
+    successes_to_demo: bool = Field(default=False, description="copy successful episodes into the demo buffer")
+    publish_every: int = Field(default=1, ge=1, description="publish the head every this many updates (1: after "
+                                                            "each update, else no new episode is on-policy)")

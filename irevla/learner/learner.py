@@ -1,24 +1,24 @@
-"""The stage-1 learner: receives actor transitions, keeps the two replay buffers, trains SAC, hands back the head.
+"""The stage-1 learner around any algorithm: episode intake, the demo buffer, head publishing, snapshots, counters.
 
-`Learner` is transport-free (tests drive it directly); `serve` runs it behind the ZeroMQ `LearnerServer` in its own
-process (``irevla learner serve``). What crosses the boundary:
+`Learner` is transport-free (tests and `irevla.iterate.stage1_reference` drive it directly; `irevla.learner.process`
+runs it behind the ZeroMQ server). Its subclasses, `irevla.learner.sac.SACLearner` and
+`irevla.learner.ppo.PPOLearner`, add only the algorithm: what a finished episode becomes (`accept`), when and how
+it updates, the head it hands out and its own state arrays. `irevla.learner.registry` names them.
 
-* in: `Transition` (latent, proprio, executed action in env units, intervention flag) and `EpisodeEnd` (final
-  observation + the binary success label from the env or a human) -- see `irevla.transport.messages`;
+What crosses the boundary:
+
+* in: `Transition` (latent, proprio, executed action in env units, intervention flag, head version) and
+  `EpisodeEnd` (final observation + the binary success label from the env or a human) -- `irevla.transport.messages`;
 * out: the actor head's parameters, torch-named as ``VLAPolicy.head_state()`` (only ``mlp.*`` with pooled latents),
   plus ``exploration.log_std`` -- the actor samples ``tanh(mu + std * eps)`` around the head's mean.
 
-Each actor's steps are held until its episode ends and then written to the online buffer in one go, so several
-actors never interleave inside the ring (next observations are found by index). Sparse reward: 1 on the last step
-of a successful episode, which is terminal; a failed episode ends at its time limit (not terminal: bootstrap).
-Successful online episodes and episodes with human interventions are also copied to the demo buffer
-(``successes_to_demo`` / interventions as in HIL-SERL), so the demo half of every batch grows with what worked.
+Each actor's steps are held until its episode ends and then handed over whole (an `EpisodeData`: T + 1 latents,
+T unit actions), so several actors never interleave inside a buffer; an episode with a missing step (the tail of one
+a restarted learner lost the head of) is dropped and counted. Successful episodes (``successes_to_demo``) and episodes
+with human interventions (``interventions_to_demo``, as in HIL-SERL) are also copied into the demo buffer.
 
-The number of updates is tied to the data (``updates_per_transition``; 0 = as fast as the CPU/GPU allows, SERL's
-asynchronous mode): on a shared 2-core machine a free-running learner would starve the actor.
-
-State for resume: `snapshot(dir)` writes both buffers, the SAC state and counters (safetensors + JSON, atomically);
-`Learner.restore` continues from it.
+State for resume: `snapshot(dir)` writes the demo buffer, the algorithm's state and the counters (safetensors +
+JSON, each file atomically, counters last); `restore(dir, spec, config)` continues from it.
 """
 
 from __future__ import annotations
@@ -26,46 +26,61 @@ from __future__ import annotations
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from irevla.atomic_io import atomic_write_bytes, atomic_write_text
+from irevla.errors import UserError
 from irevla.head_file import LOG_STD_NAME
-from irevla.learner.config import LearnerConfig, SACConfig  # noqa: F401 (re-exported)
+from irevla.learner.config import LearnerBaseConfig
 from irevla.learner.flax_head import HeadSpec
-from irevla.transport.messages import EpisodeEnd, Transition
 from irevla.learner.replay import LatentReplay
-from irevla.learner.sac import SACAgent, SACTrainer, sac_state_arrays, sac_state_from_arrays
+from irevla.transport.messages import EpisodeEnd, Transition
 
 log = logging.getLogger("irevla.learner")
 
+COUNTERS = ("updates", "version", "episodes", "successes", "received_transitions", "incomplete_episodes")
+
+
+class SnapshotError(UserError, ValueError):
+    """A learner snapshot cannot be restored with these settings (names the file)."""
+
 
 @dataclass
-class _OpenEpisode:
-    steps: list[Transition] = field(default_factory=list)
+class EpisodeData:
+    """One complete episode in the learner's terms: T + 1 latents (the last is the final observation's), T actions
+    in the head's unit space, which steps a human chose, and the success label."""
+
+    latent: np.ndarray
+    mask: np.ndarray | None
+    proprio: np.ndarray
+    action: np.ndarray
+    intervention: np.ndarray
+    success: bool
+    versions: frozenset[int]  # head versions that chose the actions
+
+    @property
+    def steps(self) -> int:
+        return len(self.action)
 
 
-class Learner:
-    def __init__(self, spec: HeadSpec, config: LearnerConfig, actor_state: Mapping[str, Any] | None,
+class Learner(ABC):
+    """Shared intake / demo buffer / publishing / snapshots; subclasses implement the abstract algorithm part."""
+
+    algorithm: ClassVar[str]  # the registry name, recorded in snapshots
+
+    def __init__(self, spec: HeadSpec, config: LearnerBaseConfig, actor_state: Mapping[str, Any] | None,
                  demo: LatentReplay | None = None) -> None:
         self.spec, self.config = spec, config
-        self.agent = SACAgent(spec, config.sac)
-        state = self.agent.init(actor_state, seed=config.seed)
         self.demo = demo if demo is not None else self.new_buffer(config.demo_capacity)
-        self.online = self.new_buffer(config.online_capacity)
-        self.trainer = SACTrainer(self.agent, state, self.demo, self.online, np.random.default_rng(config.seed),
-                                  demo_fraction=config.demo_fraction)
-        self.updates = 0
-        self.version = 0
-        self.received_transitions = 0
-        self.episodes = 0
-        self.successes = 0
-        self.incomplete_episodes = 0
-        self.open: dict[tuple[str, int], _OpenEpisode] = {}
+        self.updates = self.version = 0
+        self.received_transitions = self.episodes = self.successes = self.incomplete_episodes = 0
+        self.open: dict[tuple[str, int], list[Transition]] = {}
         self.last_info: dict[str, float] = {}
         self.episode_log: list[dict] = []
 
@@ -74,7 +89,36 @@ class Learner:
         return LatentReplay(capacity, spec.latent_shape, spec.proprio_dim, spec.action_dim,
                             with_mask=spec.latent == "tokens")
 
-    # ----------------------------------------------------------------------------------------------- ingest
+    # ------------------------------------------------------------------------------------ the algorithm's part
+    @abstractmethod
+    def accept(self, episode: EpisodeData) -> dict[str, Any]:
+        """Take a complete episode (into the online buffer, the on-policy batch, ...); returns extra fields for its
+        ``episode_log`` entry."""
+
+    @abstractmethod
+    def updates_allowed(self) -> int:
+        """How many `update` calls the data received so far allows (0: wait for more)."""
+
+    @abstractmethod
+    def _update(self) -> dict[str, float]:
+        """One update of the algorithm; returns its losses / statistics."""
+
+    @abstractmethod
+    def head_params(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(the actor head's parameters with torch names, the exploration log-std)."""
+
+    @abstractmethod
+    def _save_state(self, directory: Path) -> dict[str, Any]:
+        """Write the algorithm's own state files into `directory`; returns its extra JSON counters."""
+
+    @abstractmethod
+    def _load_state(self, directory: Path, counters: Mapping[str, Any]) -> None:
+        """Read what `_save_state` wrote."""
+
+    def _published(self, version: int) -> None:  # noqa: B027 -- an optional hook, empty by default
+        """Called when `version` is handed out (PPO: episodes of it are on-policy from now on)."""
+
+    # ------------------------------------------------------------------------------------------------ intake
     def latent_of(self, tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """A message's latent in the buffer's shape ((m, d) tokens + mask, or the pooled (D,) vector)."""
         if self.spec.latent == "pooled":
@@ -82,141 +126,109 @@ class Learner:
         return np.asarray(tokens), np.asarray(mask, bool)
 
     def ingest(self, item: Transition | EpisodeEnd, actor: str = "actor") -> None:
+        """One message from `actor`: a step is held until its episode ends; the end hands the episode over."""
         if isinstance(item, Transition):
-            key = (actor, item.episode)
-            self.open.setdefault(key, _OpenEpisode()).steps.append(item)
+            self.open.setdefault((actor, item.episode), []).append(item)
             self.received_transitions += 1
             return
         if isinstance(item, EpisodeEnd):
-            episode = self.open.pop((actor, item.episode), None)
-            if episode is None or not episode.steps:
+            steps = self.open.pop((actor, item.episode), None)
+            if not steps:
                 log.warning("episode end from %s for episode %s without steps: ignored", actor, item.episode)
                 return
-            self._store_episode(episode.steps, item)
+            episode = self.assemble(steps, item)
+            if episode is not None:
+                self._store(episode)
             return
-        raise TypeError(f"Learner.ingest: expected Transition or EpisodeEnd, got {type(item).__name__}")
+        raise TypeError(f"{type(self).__name__}.ingest: expected Transition or EpisodeEnd, got {type(item).__name__}")
 
-    def _store_episode(self, steps: list[Transition], end: EpisodeEnd) -> None:
+    def assemble(self, steps: list[Transition], end: EpisodeEnd) -> EpisodeData | None:
+        """The steps + end of one episode as `EpisodeData`; None (counted) when a step is missing."""
         steps = sorted(steps, key=lambda s: s.step)
         if [s.step for s in steps] != list(range(end.steps)):
             # A restarted learner can receive the tail of an episode whose head it lost with its predecessor.
             log.warning("episode %s: got steps %s..%s of %s; an incomplete episode is not stored", end.episode,
                         steps[0].step, steps[-1].step, end.steps)
             self.incomplete_episodes += 1
-            return
+            return None
         latents, masks = zip(*(self.latent_of(s.latent_tokens, s.latent_mask) for s in steps), strict=True)
         final_latent, final_mask = self.latent_of(end.final_tokens, end.final_mask)
-        use_mask = self.spec.latent == "tokens"
-        latents = np.stack([*latents, final_latent])
-        masks = np.stack([*masks, final_mask]) if use_mask else None
-        proprios = np.stack([s.proprio for s in steps] + [np.asarray(end.final_proprio, np.float32)])
-        actions = self.spec.action_to_unit(np.stack([s.action for s in steps]).astype(np.float32))
-        success = bool(end.success)
-        self.online.add_episode(latents, masks, proprios, actions, success=success)
-        interventions = any(s.intervention for s in steps)
-        if (success and self.config.successes_to_demo) or interventions:
-            self.demo.add_episode(latents, masks, proprios, actions, success=success)
+        tokens = self.spec.latent == "tokens"
+        return EpisodeData(
+            latent=np.stack([*latents, final_latent]), mask=np.stack([*masks, final_mask]) if tokens else None,
+            proprio=np.stack([np.asarray(s.proprio, np.float32) for s in steps]
+                             + [np.asarray(end.final_proprio, np.float32)]),
+            action=self.spec.action_to_unit(np.stack([s.action for s in steps]).astype(np.float32)),
+            intervention=np.array([s.intervention for s in steps], bool), success=bool(end.success),
+            versions=frozenset(int(s.policy_version) for s in steps))
+
+    def add_demo(self, episode: EpisodeData) -> None:
+        self.demo.add_episode(episode.latent, episode.mask, episode.proprio, episode.action, success=episode.success)
+
+    def _store(self, episode: EpisodeData) -> None:
+        interventions = int(episode.intervention.sum())
+        if ((episode.success and self.config.successes_to_demo)
+                or (interventions and self.config.interventions_to_demo)):
+            self.add_demo(episode)
+        extra = self.accept(episode)
         self.episodes += 1
-        self.successes += int(success)
-        self.episode_log.append({"episode": self.episodes, "success": success, "steps": len(steps),
-                                 "interventions": int(sum(s.intervention for s in steps)),
-                                 "updates": self.updates, "time": time.time()})
+        self.successes += int(episode.success)
+        self.episode_log.append({"episode": self.episodes, "success": episode.success, "steps": episode.steps,
+                                 "interventions": interventions, **extra, "updates": self.updates,
+                                 "time": time.time()})
 
-    # ----------------------------------------------------------------------------------------------- update
-    def updates_allowed(self) -> int:
-        """How many updates the data received so far allows (0 before warm-up or with nothing to sample)."""
-        if self.online.transitions_added < self.config.warmup_transitions or not (len(self.online) or len(self.demo)):
-            return 0
-        if self.config.updates_per_transition == 0:
-            return 1 << 30
-        budget = int(self.online.transitions_added * self.config.updates_per_transition)
-        return max(0, budget - self.updates)
-
+    # ------------------------------------------------------------------------------------- update / publish
     def update(self) -> dict[str, float]:
-        self.last_info = self.trainer.step()
+        self.last_info = self._update()
         self.updates += 1
         return self.last_info
 
     def head_message(self) -> tuple[int, dict[str, np.ndarray]]:
         """(version, parameters): the actor head (torch names) + the exploration log-std."""
         self.version += 1
-        params = self.agent.actor_state(self.trainer.state)
-        params[LOG_STD_NAME] = self.agent.exploration_log_std(self.trainer.state).astype(np.float32)
+        params, log_std = self.head_params()
+        params[LOG_STD_NAME] = np.asarray(log_std, np.float32)
+        self._published(self.version)
         return self.version, params
 
     # --------------------------------------------------------------------------------------------- snapshots
     def snapshot(self, directory: str | Path) -> Path:
-        """Write buffers, SAC state and counters into `directory` (each file atomically; counters last)."""
-        from safetensors.numpy import save as save_arrays
-
+        """Write the demo buffer, the algorithm's state and the counters into `directory` (each file atomically;
+        ``learner.json`` last, so a snapshot with it is complete). Open episodes are not kept."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.online.save(directory / "online.safetensors")
         self.demo.save(directory / "demo.safetensors")
-        atomic_write_bytes(directory / "sac_state.safetensors", save_arrays(sac_state_arrays(self.trainer.state)))
-        counters = {"updates": self.updates, "version": self.version, "episodes": self.episodes,
-                    "successes": self.successes, "received_transitions": self.received_transitions,
+        extra = self._save_state(directory)
+        counters = {"algorithm": self.algorithm, **{key: getattr(self, key) for key in COUNTERS}, **extra,
                     "episode_log": self.episode_log[-10_000:], "written": time.time()}
         atomic_write_text(directory / "learner.json", json.dumps(counters, indent=1))
         return directory
 
     @classmethod
-    def restore(cls, directory: str | Path, spec: HeadSpec, config: LearnerConfig) -> Learner:
-        from safetensors.numpy import load_file
-
+    def restore(cls, directory: str | Path, spec: HeadSpec, config: LearnerBaseConfig) -> Learner:
         directory = Path(directory)
         counters = json.loads((directory / "learner.json").read_text())
+        found = counters.get("algorithm", "sac")  # snapshots from before PPO existed are SAC's
+        if found != cls.algorithm:
+            raise SnapshotError(f"{directory / 'learner.json'}: not a {cls.algorithm.upper()} learner snapshot "
+                                f"(algorithm {found!r})")
         learner = cls(spec, config, actor_state=None,
                       demo=LatentReplay.load(directory / "demo.safetensors", capacity=config.demo_capacity))
-        learner.online = LatentReplay.load(directory / "online.safetensors", capacity=config.online_capacity)
-        learner.trainer.online, learner.trainer.demo = learner.online, learner.demo
-        learner.trainer.state = sac_state_from_arrays(learner.trainer.state,
-                                                      load_file(str(directory / "sac_state.safetensors")),
-                                                      str(directory / "sac_state.safetensors"))
-        for key in ("updates", "version", "episodes", "successes", "received_transitions"):
-            setattr(learner, key, int(counters[key]))
+        learner._load_state(directory, counters)
+        for key in COUNTERS:
+            setattr(learner, key, int(counters.get(key, 0)))
         learner.episode_log = list(counters.get("episode_log", []))
         return learner
 
 
-# ---------------------------------------------------------------------------------------------------- the process
-def serve(learner: Learner, server, out: Path, stop, log_every_s: float = 10.0,
-          progress=None) -> Learner:
-    """Run `learner` behind `server` (a `LearnerServer`) until `stop()` is true; snapshot into `out` regularly and
-    at the end, publish the head as it trains, and write ``out/head.safetensors`` (the actor head, torch names)."""
-    from irevla.head_file import save_head_arrays
+def save_state_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Named arrays -> a safetensors file, atomically."""
+    from safetensors.numpy import save
 
-    out = Path(out)
-    last_snapshot = last_log = time.monotonic()
-    since_publish = 0
-    version, params = learner.head_message()
-    server.publish_head(version, params)
-    while not stop():
-        for received in server.poll(timeout_ms=5 if learner.updates_allowed() else 50):
-            learner.ingest(received.item, received.actor)
-        allowed = min(learner.updates_allowed(), 8)  # keep polling: acks and episodes keep flowing
-        for _ in range(allowed):
-            learner.update()
-            since_publish += 1
-        if since_publish >= learner.config.publish_every:
-            server.publish_head(*learner.head_message())
-            since_publish = 0
-        now = time.monotonic()
-        if now - last_snapshot > learner.config.snapshot_every_s:
-            server.commit()
-            learner.snapshot(out / "snapshot")
-            last_snapshot = now
-        if now - last_log > log_every_s:
-            info = " ".join(f"{k} {v:.3g}" for k, v in sorted(learner.last_info.items()))
-            log.info("updates %d, episodes %d (%d successes), online %d, demo %d transitions; %s", learner.updates,
-                     learner.episodes, learner.successes, len(learner.online), len(learner.demo), info)
-            last_log = now
-    for received in server.poll(timeout_ms=0):
-        learner.ingest(received.item, received.actor)
-    server.commit()
-    learner.snapshot(out / "snapshot")
-    _, params = learner.head_message()
-    params.pop(LOG_STD_NAME)
-    save_head_arrays(out / "head.safetensors", params,
-                     {"updates": learner.updates, "episodes": learner.episodes, "latent": learner.spec.latent})
-    return learner
+    atomic_write_bytes(path, save(dict(arrays)))
+
+
+def load_state_arrays(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))

@@ -16,20 +16,17 @@ cleanrl's ``ppo_continuous_action.py`` adapted to the head, read top to bottom:
   short minibatch is padded with zero-weight rows): clipped surrogate + value MSE - entropy bonus (+ optional BC
   toward demo actions), one Adam step with global-norm clipping per minibatch.
 
-`PPOLearner` has `irevla.learner.learner.Learner`'s interface (ingest / updates_allowed / update / head_message /
-snapshot / restore), so a driver (a sim loop, ``serve``) can use either.
+`PPOLearner` (at the end) is the algorithm's part of `irevla.learner.learner.Learner`: the on-policy batch, head
+versions and the update; episode intake, the demo buffer, publishing and snapshots are the shared learner's.
 
 Actions are in the head's unit space [-1, 1]; proprio is raw and normalised inside with the `HeadSpec`'s constants.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from pydantic import Field
 
-from irevla.atomic_io import atomic_write_bytes, atomic_write_text
-from irevla.config import ConfigModel
+from irevla.learner.config import PPOConfig
 from irevla.learner.flax_head import FlaxHead, HeadSpec, check_tree_matches, params_from_state, state_from_params
-from irevla.head_file import LOG_STD_NAME
-from irevla.transport.messages import EpisodeEnd, Transition
+from irevla.learner.learner import EpisodeData, Learner, load_state_arrays, save_state_arrays
 from irevla.learner.replay import LatentReplay
 from irevla.learner.sac import EPS, LOG_STD_MAX, LOG_STD_MIN
 from irevla.learner.sac import sac_state_arrays as tree_arrays  # generic: any pytree -> named arrays
@@ -54,39 +48,6 @@ log = logging.getLogger("irevla.learner.ppo")
 
 ACTION_LIMIT = 1.0 - 1e-6  # executed unit actions are clipped to this before arctanh (tanh saturates at 1.0 in f32)
 CHUNK = 256  # rows per forward pass when computing values / behaviour log-probs (one compiled shape)
-
-
-class PPOConfig(ConfigModel):
-    """Stage-1 PPO settings (defaults: cleanrl's ppo_continuous_action, except the on-policy batch in episodes) and
-    the learner's (buffers, publishing, snapshots) -- the ``rl.ppo`` section of a loop config."""
-
-    clip: float = Field(default=0.2, gt=0, description="PPO ratio clip epsilon")
-    gae_lambda: float = Field(default=0.95, ge=0, le=1)
-    discount: float = Field(default=0.99, gt=0, le=1)
-    lr: float = Field(default=3e-4, gt=0, description="Adam learning rate (policy, log_std and value)")
-    epochs: int = Field(default=4, ge=1, description="passes over each on-policy batch")
-    minibatch_size: int = Field(default=64, ge=2, description="transitions per gradient step")
-    episodes_per_update: int = Field(default=16, ge=1, description="complete on-policy episodes per update")
-    value_coef: float = Field(default=0.5, ge=0)
-    entropy_coef: float = Field(default=0.0, ge=0, description="weight of the Gaussian entropy bonus")
-    grad_clip: float = Field(default=0.5, gt=0, description="global gradient-norm clip")
-    initial_log_std: float = Field(default=-1.6, description="log std of the exploration noise at the start "
-                                                             "(unit action space; -1.6 = std 0.2)")
-    normalize_advantages: bool = Field(default=True, description="zero-mean, unit-std advantages over the batch")
-    target_kl: float | None = Field(default=None, gt=0, description="stop the epochs early once the approximate "
-                                                                    "KL to the behaviour policy exceeds this")
-    bc_weight: float = Field(default=0.0, ge=0, description="weight of MSE(mean action, demo action) on a demo "
-                                                           "minibatch per step (needs a demo buffer)")
-    value_hidden: tuple[int, ...] | None = Field(default=None, description="value MLP widths (default: the actor "
-                                                                           "head's)")
-    # the learner around the algorithm (`PPOLearner`)
-    demo_capacity: int = Field(default=100_000, ge=2, description="observations in the demo buffer (BC term)")
-    interventions_to_demo: bool = Field(default=True, description="copy episodes with human interventions into "
-                                                                  "the demo buffer")
-    publish_every: int = Field(default=1, ge=1, description="publish the head every this many updates (1: after "
-                                                            "each update, else no new episode is on-policy)")
-    snapshot_every_s: float = Field(default=60.0, gt=0, description="snapshot state and rollouts this often")
-    seed: int = 0
 
 
 @flax.struct.dataclass
@@ -291,35 +252,15 @@ def gae(rewards: np.ndarray, values: np.ndarray, terminal: bool, discount: float
     return advantages, advantages + values[:-1]
 
 
+
 # ----------------------------------------------------------------------------------------------- the learner
-@dataclass
-class _OpenEpisode:
-    steps: list[Transition] = field(default_factory=list)
-
-
-@dataclass
-class Rollout:
-    """One complete on-policy episode: T + 1 observations (the last is the final one), T unit actions."""
-
-    latent: np.ndarray
-    mask: np.ndarray | None
-    proprio: np.ndarray
-    action: np.ndarray
-    intervention: np.ndarray
-    success: bool
-
-    @property
-    def steps(self) -> int:
-        return len(self.action)
-
-
 class Rollouts:
     """The on-policy episodes waiting for the next update; ``len`` is their number of transitions."""
 
     def __init__(self) -> None:
-        self.episodes: list[Rollout] = []
+        self.episodes: list[EpisodeData] = []
 
-    def append(self, episode: Rollout) -> None:
+    def append(self, episode: EpisodeData) -> None:
         self.episodes.append(episode)
 
     def __len__(self) -> int:
@@ -330,8 +271,8 @@ class Rollouts:
         return len(self.episodes)
 
 
-class PPOLearner:
-    """The transport-free PPO learner: same interface as `irevla.learner.learner.Learner`.
+class PPOLearner(Learner):
+    """PPO's part of the learner: on-policy episodes, head versions, the update.
 
     Versions: ``version`` is the newest head handed out by `head_message`. ``accepted`` holds the versions whose
     parameters equal the current ones (several when heads were published without an update in between); an episode
@@ -339,79 +280,34 @@ class PPOLearner:
     ``stale_episodes``). `update` consumes the batch and clears ``accepted`` until the next `head_message`.
     """
 
+    algorithm = "ppo"
+    config: PPOConfig
+
     def __init__(self, spec: HeadSpec, config: PPOConfig, actor_state: Mapping[str, Any] | None,
                  demo: LatentReplay | None = None) -> None:
-        self.spec, self.config = spec, config
+        super().__init__(spec, config, actor_state, demo)
         self.agent = PPOAgent(spec, config)
         self.state = self.agent.init(actor_state, seed=config.seed)
         self.behaviour = (self.state.actor_params, self.state.log_std)  # the parameters `accepted` versions have
-        self.demo = demo if demo is not None else LatentReplay(
-            config.demo_capacity, spec.latent_shape, spec.proprio_dim, spec.action_dim,
-            with_mask=spec.latent == "tokens")
         self.rollouts = Rollouts()
         self.rng = np.random.default_rng(config.seed)
-        self.updates = 0
-        self.version = 0
         self.accepted: set[int] = {0}  # the actor's initial head is the one we start from
-        self.received_transitions = 0
-        self.episodes = 0
-        self.successes = 0
         self.stale_episodes = 0
         self.stale_transitions = 0
-        self.open: dict[tuple[str, int], _OpenEpisode] = {}
-        self.last_info: dict[str, float] = {}
-        self.episode_log: list[dict] = []
 
     @property
     def online(self) -> Rollouts:
-        """The pending on-policy batch (``Learner.online``'s place, for drivers that log its size)."""
+        """The pending on-policy batch (the SAC learner's online replay's place, for drivers that log its size)."""
         return self.rollouts
 
-    # ----------------------------------------------------------------------------------------------- ingest
-    def latent_of(self, tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.spec.latent == "pooled":
-            return np.asarray(tokens).reshape(self.spec.latent_shape), None
-        return np.asarray(tokens), np.asarray(mask, bool)
-
-    def ingest(self, item: Transition | EpisodeEnd, actor: str = "actor") -> None:
-        if isinstance(item, Transition):
-            self.open.setdefault((actor, item.episode), _OpenEpisode()).steps.append(item)
-            self.received_transitions += 1
-            return
-        if isinstance(item, EpisodeEnd):
-            episode = self.open.pop((actor, item.episode), None)
-            if episode is None or not episode.steps:
-                log.warning("episode end from %s for episode %s without steps: ignored", actor, item.episode)
-                return
-            self._finish_episode(sorted(episode.steps, key=lambda s: s.step), item)
-            return
-        raise TypeError(f"PPOLearner.ingest: expected Transition or EpisodeEnd, got {type(item).__name__}")
-
-    def _finish_episode(self, steps: list[Transition], end: EpisodeEnd) -> None:
-        success = bool(end.success)
-        on_policy = all(s.policy_version in self.accepted for s in steps)
-        interventions = int(sum(s.intervention for s in steps))
-        self.episodes += 1
-        self.successes += int(success)
-        self.episode_log.append({"episode": self.episodes, "success": success, "steps": len(steps),
-                                 "interventions": interventions, "on_policy": on_policy, "updates": self.updates,
-                                 "time": time.time()})
-        latents, masks = zip(*(self.latent_of(s.latent_tokens, s.latent_mask) for s in steps), strict=True)
-        final_latent, final_mask = self.latent_of(end.final_tokens, end.final_mask)
-        tokens = self.spec.latent == "tokens"
-        rollout = Rollout(latent=np.stack([*latents, final_latent]),
-                          mask=np.stack([*masks, final_mask]) if tokens else None,
-                          proprio=np.stack([np.asarray(s.proprio, np.float32) for s in steps]
-                                           + [np.asarray(end.final_proprio, np.float32)]),
-                          action=self.spec.action_to_unit(np.stack([s.action for s in steps]).astype(np.float32)),
-                          intervention=np.array([s.intervention for s in steps], bool), success=success)
-        if interventions and self.config.interventions_to_demo:
-            self.demo.add_episode(rollout.latent, rollout.mask, rollout.proprio, rollout.action, success=success)
+    def accept(self, episode: EpisodeData) -> dict[str, Any]:
+        on_policy = episode.versions <= self.accepted
         if on_policy:
-            self.rollouts.append(rollout)
+            self.rollouts.append(episode)
         else:
             self.stale_episodes += 1
-            self.stale_transitions += len(steps)
+            self.stale_transitions += episode.steps
+        return {"on_policy": on_policy}
 
     # ----------------------------------------------------------------------------------------------- update
     def updates_allowed(self) -> int:
@@ -453,7 +349,7 @@ class PPOLearner:
         batch["advantage"] = batch["advantage"].astype(np.float32)
         return batch
 
-    def update(self) -> dict[str, float]:
+    def _update(self) -> dict[str, float]:
         """One PPO update on every pending on-policy episode; afterwards no version is on-policy until the next
         `head_message` hands out the new parameters."""
         config = self.config
@@ -490,84 +386,53 @@ class PPOLearner:
         variance = float(np.var(batch["target"]))
         explained = 1.0 - float(np.var(batch["target"] - batch["value"])) / variance if variance > 0 else math.nan
         successes = sum(e.success for e in episodes)
-        self.last_info = last | {
+        self.rollouts = Rollouts()
+        self.accepted = set()
+        return last | {
             "explained_variance": explained, "minibatch_steps": float(steps), "batch_transitions": float(size),
             "batch_episodes": float(len(episodes)), "batch_success": successes / len(episodes),
             "log_std": float(np.mean(self.agent.exploration_log_std(self.state))),
             "stale_episodes": float(self.stale_episodes)}
-        self.rollouts = Rollouts()
-        self.accepted = set()
-        self.updates += 1
-        return self.last_info
 
-    def head_message(self) -> tuple[int, dict[str, np.ndarray]]:
-        """(version, parameters): the policy head (torch names) + the exploration log-std. Episodes collected with
-        this version are on-policy from now on."""
-        self.version += 1
-        current = (self.state.actor_params, self.state.log_std)
+    def head_params(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return self.agent.actor_state(self.state), self.agent.exploration_log_std(self.state)
+
+    def _published(self, version: int) -> None:
         if self.accepted:  # no update since the last head: same parameters, older versions stay on-policy
-            self.accepted.add(self.version)
+            self.accepted.add(version)
         else:
-            self.accepted = {self.version}
-            self.behaviour = current
-        params = self.agent.actor_state(self.state)
-        params[LOG_STD_NAME] = self.agent.exploration_log_std(self.state).astype(np.float32)
-        return self.version, params
+            self.accepted = {version}
+            self.behaviour = (self.state.actor_params, self.state.log_std)
 
     # --------------------------------------------------------------------------------------------- snapshots
-    def snapshot(self, directory: str | Path) -> Path:
-        """Write the PPO state, the behaviour parameters, pending rollouts, the demo buffer and counters into
-        `directory` (safetensors + JSON, each file atomically; counters last). Open episodes are not kept."""
-        from safetensors.numpy import save as save_arrays
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.demo.save(directory / "demo.safetensors")
-        atomic_write_bytes(directory / "ppo_state.safetensors", save_arrays(tree_arrays(self.state)))
-        atomic_write_bytes(directory / "behaviour.safetensors", save_arrays(tree_arrays(self.behaviour)))
+    def _save_state(self, directory: Path) -> dict[str, Any]:
+        """The PPO state, the behaviour parameters and the pending rollouts."""
+        save_state_arrays(directory / "ppo_state.safetensors", tree_arrays(self.state))
+        save_state_arrays(directory / "behaviour.safetensors", tree_arrays(self.behaviour))
         episodes = self.rollouts.episodes
-        rollout_arrays: dict[str, np.ndarray] = {"steps": np.array([e.steps for e in episodes], np.int64),
-                                                 "success": np.array([e.success for e in episodes], bool)}
+        arrays: dict[str, np.ndarray] = {"steps": np.array([e.steps for e in episodes], np.int64),
+                                         "success": np.array([e.success for e in episodes], bool)}
         if episodes:
             for name in ("latent", "mask", "proprio", "action", "intervention"):
                 if getattr(episodes[0], name) is not None:
-                    rollout_arrays[name] = np.ascontiguousarray(np.concatenate([getattr(e, name) for e in episodes]))
-        atomic_write_bytes(directory / "rollouts.safetensors", save_arrays(rollout_arrays))
-        counters = {"algorithm": "ppo", "updates": self.updates, "version": self.version,
-                    "accepted": sorted(self.accepted), "episodes": self.episodes, "successes": self.successes,
-                    "stale_episodes": self.stale_episodes, "stale_transitions": self.stale_transitions,
-                    "received_transitions": self.received_transitions, "rng": self.rng.bit_generator.state,
-                    "episode_log": self.episode_log[-10_000:], "written": time.time()}
-        atomic_write_text(directory / "learner.json", json.dumps(counters, indent=1))
-        return directory
+                    arrays[name] = np.ascontiguousarray(np.concatenate([getattr(e, name) for e in episodes]))
+        save_state_arrays(directory / "rollouts.safetensors", arrays)
+        return {"accepted": sorted(self.accepted), "stale_episodes": self.stale_episodes,
+                "stale_transitions": self.stale_transitions, "rng": self.rng.bit_generator.state}
 
-    @classmethod
-    def restore(cls, directory: str | Path, spec: HeadSpec, config: PPOConfig) -> PPOLearner:
-        from safetensors.numpy import load_file
-
-        directory = Path(directory)
-        counters = json.loads((directory / "learner.json").read_text())
-        if counters.get("algorithm") != "ppo":
-            raise ValueError(f"{directory / 'learner.json'}: not a PPO learner snapshot "
-                             f"(algorithm {counters.get('algorithm')!r})")
-        learner = cls(spec, config, actor_state=None,
-                      demo=LatentReplay.load(directory / "demo.safetensors", capacity=config.demo_capacity))
+    def _load_state(self, directory: Path, counters: Mapping[str, Any]) -> None:
         state_path, behaviour_path = directory / "ppo_state.safetensors", directory / "behaviour.safetensors"
-        learner.state = tree_from_arrays(learner.state, load_file(str(state_path)), str(state_path))
-        learner.behaviour = tree_from_arrays(learner.behaviour, load_file(str(behaviour_path)), str(behaviour_path))
-        arrays = load_file(str(directory / "rollouts.safetensors"))
+        self.state = tree_from_arrays(self.state, load_state_arrays(state_path), str(state_path))
+        self.behaviour = tree_from_arrays(self.behaviour, load_state_arrays(behaviour_path), str(behaviour_path))
+        arrays = load_state_arrays(directory / "rollouts.safetensors")
         observation, action = 0, 0  # offsets: each episode has one more observation than actions
         for steps, success in zip(arrays["steps"].tolist(), arrays["success"].tolist(), strict=True):
             observations, actions = slice(observation, observation + steps + 1), slice(action, action + steps)
-            learner.rollouts.append(Rollout(
+            self.rollouts.append(EpisodeData(
                 latent=arrays["latent"][observations], mask=arrays["mask"][observations] if "mask" in arrays else None,
                 proprio=arrays["proprio"][observations], action=arrays["action"][actions],
-                intervention=arrays["intervention"][actions], success=bool(success)))
+                intervention=arrays["intervention"][actions], success=bool(success), versions=frozenset()))
             observation, action = observation + steps + 1, action + steps
-        for key in ("updates", "version", "episodes", "successes", "stale_episodes", "stale_transitions",
-                    "received_transitions"):
-            setattr(learner, key, int(counters[key]))
-        learner.accepted = {int(v) for v in counters["accepted"]}
-        learner.rng.bit_generator.state = counters["rng"]
-        learner.episode_log = list(counters.get("episode_log", []))
-        return learner
+        self.stale_episodes, self.stale_transitions = int(counters["stale_episodes"]), int(counters["stale_transitions"])
+        self.accepted = {int(v) for v in counters["accepted"]}
+        self.rng.bit_generator.state = counters["rng"]

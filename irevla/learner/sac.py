@@ -12,17 +12,20 @@ The design is SERL's (``serl_launcher/agents/continuous/sac.py``) written out wi
 * **high update-to-data ratio**: one `update` call draws ``utd`` minibatches and runs ``utd`` critic steps in a
   `lax.scan`, then one actor and one temperature step, all in one jitted function.
 * **temperature**: learned ``log_alpha`` toward ``target_entropy`` (default -A/2).
-* **SACfD / RLPD**: the caller passes a batch whose first half comes from the demo buffer and second half from the
-  online buffer (`irevla.learner.learner.Learner` does); an optional BC term pulls the mean action toward the demo
+* **SACfD / RLPD**: each batch's first half comes from the demo buffer and its second half from the online buffer
+  (`SACTrainer`); an optional BC term pulls the mean action toward the demo
   half's actions (``bc_weight``), which keeps the head near the SFT policy while Q is still uninformed.
 
 Actions are in the head's unit space [-1, 1]; proprio is raw and normalised inside with the `HeadSpec`'s constants.
+`SACLearner` (at the end) is the algorithm's part of `irevla.learner.learner.Learner`: the online replay and when to
+update; episode intake, the demo buffer, publishing and snapshots are the shared learner's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import flax
@@ -32,8 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from irevla.learner.config import SACConfig
+from irevla.learner.config import LearnerConfig, SACConfig
 from irevla.learner.flax_head import FlaxHead, HeadSpec, check_tree_matches, params_from_state, state_from_params
+from irevla.learner.learner import EpisodeData, Learner, load_state_arrays, save_state_arrays
+from irevla.learner.replay import LatentReplay
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 EPS = 1e-6
@@ -284,3 +289,53 @@ class SACTrainer:
         batches, demo_count = self.sample()
         self.state, info = self.agent.update(self.state, batches, demo_count)
         return {key: float(value) for key, value in info.items()}
+
+
+class SACLearner(Learner):
+    """SACfD / RLPD: every complete episode goes into the online replay; ``updates_per_transition`` updates per
+    received transition after ``warmup_transitions``, each on a demo/online batch (`SACTrainer`)."""
+
+    algorithm = "sac"
+    config: LearnerConfig
+
+    def __init__(self, spec: HeadSpec, config: LearnerConfig, actor_state: Mapping[str, Any] | None,
+                 demo: LatentReplay | None = None) -> None:
+        super().__init__(spec, config, actor_state, demo)
+        self.agent = SACAgent(spec, config.sac)
+        self.online = self.new_buffer(config.online_capacity)
+        self.trainer = SACTrainer(self.agent, self.agent.init(actor_state, seed=config.seed), self.demo, self.online,
+                                  np.random.default_rng(config.seed), demo_fraction=config.demo_fraction)
+
+    def accept(self, episode: EpisodeData) -> dict[str, Any]:
+        # Sparse reward: 1 on the last step of a success, which is terminal; a failure ends at its time limit
+        # (not terminal: bootstrap). `LatentReplay` derives both from `success`.
+        self.online.add_episode(episode.latent, episode.mask, episode.proprio, episode.action,
+                                success=episode.success)
+        return {}
+
+    def updates_allowed(self) -> int:
+        """0 before warm-up or with nothing to sample; ``updates_per_transition`` 0 means free-running."""
+        config = self.config
+        if self.online.transitions_added < config.warmup_transitions or not (len(self.online) or len(self.demo)):
+            return 0
+        if config.updates_per_transition == 0:
+            return 1 << 30
+        return max(0, int(self.online.transitions_added * config.updates_per_transition) - self.updates)
+
+    def _update(self) -> dict[str, float]:
+        return self.trainer.step()
+
+    def head_params(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        state = self.trainer.state
+        return self.agent.actor_state(state), self.agent.exploration_log_std(state)
+
+    def _save_state(self, directory: Path) -> dict[str, Any]:
+        self.online.save(directory / "online.safetensors")
+        save_state_arrays(directory / "sac_state.safetensors", sac_state_arrays(self.trainer.state))
+        return {}
+
+    def _load_state(self, directory: Path, counters: Mapping[str, Any]) -> None:
+        self.online = LatentReplay.load(directory / "online.safetensors", capacity=self.config.online_capacity)
+        self.trainer.online = self.online
+        path = directory / "sac_state.safetensors"
+        self.trainer.state = sac_state_from_arrays(self.trainer.state, load_state_arrays(path), str(path))

@@ -99,8 +99,8 @@ def test_init_writes_what_the_learner_loads(base, tmp_path, capsys):
 
 
 def test_init_writes_exactly_what_the_loop_writes(base, tmp_path, capsys):
-    from irevla.iterate.loop import _write_learner_init
     from irevla.iterate.config import IterateConfig
+    from irevla.iterate.loop import _write_learner_init
 
     rl = {"latent": "tokens", "learner": {"demo_capacity": 300, "sac": {"discount": 0.99}}}
     config = IterateConfig(run_dir=str(tmp_path / "run"), init=str(base / "ckpt"),
@@ -122,8 +122,8 @@ def test_init_writes_exactly_what_the_loop_writes(base, tmp_path, capsys):
 
 def test_loop_from_init_without_expert_data_starts_with_an_empty_demo_buffer(base, tmp_path):
     """A run that starts from a checkpoint (init) with no D_e: stage 1's demo buffer is the VLA's own rollouts."""
-    from irevla.iterate.loop import _write_learner_init
     from irevla.iterate.config import IterateConfig
+    from irevla.iterate.loop import _write_learner_init
     from irevla.learner.replay import LatentReplay
 
     config = IterateConfig(run_dir=str(tmp_path / "run"), init=str(base / "ckpt"),
@@ -186,6 +186,10 @@ def test_init_errors_name_the_path_and_write_nothing(base, tmp_path, capsys):
     refused("--policy", base / "ckpt", "--config", bad, expect=[str(bad), "learner.sac.discount"])
     bad.write_text(yaml.safe_dump({"max_env_steps": 100}))
     refused("--policy", base / "ckpt", "--config", bad, expect=[str(bad), "max_env_steps"])
+    bad.write_text(yaml.safe_dump({"algorithm": "dqn"}))  # the registry's error lists the known algorithms
+    refused("--policy", base / "ckpt", "--config", bad, expect=[str(bad), "unknown algorithm 'dqn'", "sac", "ppo"])
+    bad.write_text(yaml.safe_dump({"algorithm": "ppo", "ppo": {"epochs": 0}}))
+    refused("--policy", base / "ckpt", "--config", bad, expect=[str(bad), "ppo", "epochs"])
     with pytest.raises(SystemExit) as exit_info:
         main(["learner", "init", "--policy", str(base / "ckpt"), "--out", str(out), "--latent", "pixels"])
     assert exit_info.value.code == 2 and "invalid choice: 'pixels'" in capsys.readouterr().err

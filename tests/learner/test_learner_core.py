@@ -9,9 +9,9 @@ pytest.importorskip("jax")
 
 from point_reach import point_spec  # noqa: E402
 
-from irevla.learner.config import LearnerConfig, SACConfig  # noqa: E402
 from irevla.head_file import LOG_STD_NAME  # noqa: E402
-from irevla.learner.learner import Learner  # noqa: E402
+from irevla.learner.config import LearnerConfig, SACConfig  # noqa: E402
+from irevla.learner.sac import SACLearner  # noqa: E402
 from irevla.transport.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def _send_episode(learner, actor, episode, steps, success, skip_step=None):
 def _learner(**overrides):
     config = LearnerConfig(sac=SACConfig(num_critics=2, batch_size=8, utd=1), warmup_transitions=4,
                            online_capacity=200, demo_capacity=200, **overrides)
-    return Learner(point_spec(), config, actor_state=None)
+    return SACLearner(point_spec(), config, actor_state=None)
 
 
 def test_interleaved_actors_are_stored_as_whole_episodes_with_sparse_reward():
@@ -72,7 +72,7 @@ def test_updates_follow_the_data_and_heads_carry_the_exploration_std(tmp_path):
     assert all(name.startswith("mlp.") for name in params if name != LOG_STD_NAME)  # pooled: the MLP only
 
     learner.snapshot(tmp_path / "snap")
-    restored = Learner.restore(tmp_path / "snap", learner.spec, learner.config)
+    restored = SACLearner.restore(tmp_path / "snap", learner.spec, learner.config)
     assert (restored.updates, restored.episodes, restored.successes) == (5, 1, 1)
     assert len(restored.online) == len(learner.online) and len(restored.demo) == len(learner.demo)
     _, restored_params = restored.head_message()

@@ -13,11 +13,12 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 from point_reach import HORIZON, PointReach, point_spec  # noqa: E402
 
-from irevla.learner.flax_head import FlaxHead, HeadSpec, params_from_state, state_from_params  # noqa: E402
 from irevla.head_file import LOG_STD_NAME  # noqa: E402
-from irevla.transport.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
-from irevla.learner.ppo import PPOAgent, PPOConfig, PPOLearner, gae  # noqa: E402
+from irevla.learner.config import PPOConfig  # noqa: E402
+from irevla.learner.flax_head import FlaxHead, HeadSpec, params_from_state, state_from_params  # noqa: E402
+from irevla.learner.ppo import PPOAgent, PPOLearner, gae  # noqa: E402
 from irevla.learner.sac import SACAgent, SACConfig  # noqa: E402
+from irevla.transport.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ the actor side
