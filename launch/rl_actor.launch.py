@@ -1,7 +1,10 @@
 """Stage-1 RL on the robot: vla_policy in rl_actor mode (recording D_RL) + teleop for human interventions.
 
-    export IREVLA_LEARNER_TOKEN_FILE=~/.irevla/learner.token      # the learner's token
+    export IREVLA_LEARNER_TOKEN_FILE=~/.irevla/learner.token      # the learner's token (a loopback learner)
     ros2 launch irevla rl_actor.launch.py checkpoint:=/data/policies/pick out:=runs/pick/d_rl learner:=tcp://127.0.0.1:5555
+    # a learner on another machine: CURVE keys from `irevla learner keys`, no token
+    ros2 launch irevla rl_actor.launch.py ... learner:=tcp://192.168.1.10:5555 \
+        curve_server_key:=keys/learner.key curve_secret:=keys/arm-1.key_secret
 
 vla_policy streams latents + actions to `irevla learner serve` at `learner` and applies the heads it publishes;
 episodes: /vla_policy/start_episode, /vla_policy/end_episode_success, /vla_policy/end_episode_failure
@@ -31,11 +34,16 @@ def generate_launch_description():
                               description="also record unsuccessful episodes"),
         DeclareLaunchArgument("learner", default_value="tcp://127.0.0.1:5555",
                               description="ZeroMQ address of irevla learner serve"),
+        DeclareLaunchArgument("curve_server_key", default_value="",
+                              description="CURVE: the learner's public key file (needed beyond loopback)"),
+        DeclareLaunchArgument("curve_secret", default_value="", description="CURVE: this actor's secret key file"),
         Node(package="irevla", executable="vla_policy", name="vla_policy", output="screen",
              parameters=[os.path.join(config_dir, "vla_policy.yaml"),
                          {"mode": "rl_actor", "policy.checkpoint": LaunchConfiguration("checkpoint"),
                           "instruction": LaunchConfiguration("instruction"),
                           "rl_actor.learner_address": LaunchConfiguration("learner"),
+                          "rl_actor.curve_server_key": LaunchConfiguration("curve_server_key"),
+                          "rl_actor.curve_secret": LaunchConfiguration("curve_secret"),
                           "rl_actor.record_dir": LaunchConfiguration("out"),
                           "rl_actor.record_failures": LaunchConfiguration("record_failures")}]),
         Node(package="irevla", executable="teleop", name="teleop", output="screen", emulate_tty=True,

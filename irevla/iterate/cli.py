@@ -35,15 +35,14 @@ stage 1 by hand (the robot; irevla iterate does all of this itself in simulation
 def _cmd_iterate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from irevla.config import load_config
+    from irevla.config import parse_overrides
+    from irevla.iterate.config import load_iterate_config
     from irevla.iterate.loop import run_iterate
-    from irevla.iterate.config import IterateConfig
-    from irevla.policy.cli import _parse_set
 
-    overrides = _parse_set(args.set or [])
+    overrides = parse_overrides(args.set or [])
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
-    config = load_config(args.config, IterateConfig, overrides=overrides)
+    config = load_iterate_config(args.config, overrides)  # every stage's settings checked, before anything runs
 
     class _Bar:
         def __init__(self, name: str, budget: int) -> None:
@@ -75,6 +74,25 @@ def _cmd_learner_serve(args: argparse.Namespace) -> int:
     return cmd_serve(args)
 
 
+def _cmd_learner_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from irevla.errors import UserError
+    from irevla.transport.wire import write_keys
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"{args.out}: exists and is not a directory (--out is the directory the keys go to)")
+    actors = args.actor or ["actor"]
+    write_keys(args.out, actors)
+    print(f"""wrote CURVE keys to {args.out}; the *.key_secret files are private (0600): copy each only where it runs.
+learner:   irevla learner serve ... --bind tcp://<its address>:5555 \\
+               --curve-secret {args.out}/learner.key_secret --curve-clients {args.out}/clients
+actor ({', '.join(actors)}; copy learner.key and its <actor>.key_secret to it), vla_policy's rl_actor settings:
+           rl_actor.curve_server_key: <dir>/learner.key
+           rl_actor.curve_secret: <dir>/<actor>.key_secret""")
+    return 0
+
+
 def _check_init_target(out, force: bool) -> None:
     """Refuse to replace a complete learner_init without --force, and anything that is not a learner_init at all."""
     from irevla.iterate.handoff import DONE, INIT_FILES, HandoffError, is_complete_init
@@ -104,7 +122,7 @@ def _cmd_learner_init(args: argparse.Namespace) -> int:
     if args.demos:  # before loading the policy: a wrong directory or task fails in a second, not after minutes
         from irevla.data.store import EpisodeCollection
 
-        collection = EpisodeCollection(args.demos)  # a missing directory: FileNotFoundError naming it
+        collection = EpisodeCollection(args.demos)  # a missing directory: MissingFileError naming it
         if not collection.index(task=args.task, success=True):
             there = sorted({info.task.full_name for info in collection.index(success=True)})
             what = f" of task {args.task!r}" if args.task else ""
@@ -134,6 +152,7 @@ def _cmd_learner_init(args: argparse.Namespace) -> int:
 def _cmd_learner_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from irevla.errors import MissingFileError
     from irevla.iterate.handoff import HandoffError, merge_head_file
 
     out, policy_path, head_path = Path(args.out), Path(args.policy), Path(args.head)
@@ -149,8 +168,8 @@ def _cmd_learner_export(args: argparse.Namespace) -> int:
             if not args.force:
                 raise HandoffError(f"{out}: a policy checkpoint is already there; --force replaces it")
     if not head_path.is_file():
-        raise FileNotFoundError(f"{head_path}: head file not found (the learner writes <its --out>/head.safetensors "
-                                f"when it stops)")
+        raise MissingFileError(f"{head_path}: head file not found (the learner writes <its --out>/head.safetensors "
+                               f"when it stops)")
     import torch
 
     from irevla.policy.checkpoint import file_sha256, load_head, load_policy, read_manifest, save_policy
@@ -215,19 +234,33 @@ def add_learner_parser(commands) -> None:
     init.set_defaults(func=_cmd_learner_init)
 
     serve = sub.add_parser("serve", help="train the head on what actors send; publish it back",
-                           description="Serve a learner: the token comes from IREVLA_LEARNER_TOKEN or "
-                                       "IREVLA_LEARNER_TOKEN_FILE. SIGTERM: snapshot, write out/head.safetensors, "
-                                       "exit 0.")
+                           description="Serve a learner. On loopback the token comes from IREVLA_LEARNER_TOKEN or "
+                                       "IREVLA_LEARNER_TOKEN_FILE; any other --bind needs CURVE keys (--curve-secret, "
+                                       "--curve-clients; irevla learner keys). SIGTERM: snapshot, write "
+                                       "out/head.safetensors, exit 0.")
     serve.add_argument("--init", required=True, help="directory with spec.json, head.safetensors, learner.yaml, "
                                                      "demo.safetensors (irevla learner init, or irevla iterate)")
     serve.add_argument("--out", required=True, help="snapshots and the final head go here; resumes from it")
-    serve.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ address (default loopback)")
-    serve.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ address (default loopback; any "
+                                                                      "other needs the CURVE keys)")
+    serve.add_argument("--curve-secret", metavar="FILE", help="CURVE: the learner's secret key (learner.key_secret "
+                                                             "from irevla learner keys); encrypts the link")
+    serve.add_argument("--curve-clients", metavar="DIR", help="CURVE: directory of the actor public keys admitted "
+                                                             "(the clients/ directory irevla learner keys wrote)")
     serve.add_argument("--address-file", help="write the bound address here once listening")
     serve.add_argument("--threads", type=int, default=1, help="CPU threads for XLA")
     serve.add_argument("--exit-with-parent", action="store_true", help="stop (snapshot, exit) when the process "
                                                                       "that started this one dies")
     serve.set_defaults(func=_cmd_learner_serve)
+
+    keys = sub.add_parser("keys", help="write CURVE key pairs for a learner reachable beyond this machine",
+                          description="Write learner.key (public: give it to every actor), learner.key_secret, "
+                                      "<actor>.key_secret per --actor (mode 0600) and clients/<actor>.key (the "
+                                      "public keys the learner admits). Never replaces existing keys.")
+    keys.add_argument("--out", required=True, metavar="DIR", help="directory to write the keys to")
+    keys.add_argument("--actor", action="append", metavar="NAME", help="one key pair per actor (repeatable; "
+                                                                      "default: one named 'actor')")
+    keys.set_defaults(func=_cmd_learner_keys)
 
     export = sub.add_parser("export", help="merge the learner's trained head into a policy checkpoint",
                             description="Load --policy, replace its head's tensors by those in --head (a head file: "

@@ -261,13 +261,19 @@ class PolicySourceConfig(ConfigModel):
 class RlActorConfig(ConfigModel):
     """vla_policy's ``rl_actor`` mode: stage-1 RL episodes on the robot, streamed to ``irevla learner serve``.
 
-    The learner's token is read from $IREVLA_LEARNER_TOKEN or the file named by $IREVLA_LEARNER_TOKEN_FILE (never a
-    parameter: parameters are readable by anyone on the ROS graph)."""
+    A learner on loopback (or behind an SSH tunnel) takes its token, read from $IREVLA_LEARNER_TOKEN or the file named
+    by $IREVLA_LEARNER_TOKEN_FILE (never a parameter: parameters are readable by anyone on the ROS graph); any other
+    address needs CURVE key files (``irevla learner keys``): the parameters name the files, not the keys."""
 
     learner_address: str = Field(default="tcp://127.0.0.1:5555", description="ZeroMQ address of the learner "
                                                                               "(irevla learner serve --bind)")
     actor_id: str = Field(default="arm-1", min_length=1, max_length=128, description="this actor's name at the "
                                                                                      "learner")
+    curve_server_key: str = Field(default="", description="CURVE: the learner's public key file (learner.key of "
+                                                          "irevla learner keys); with curve_secret it encrypts the "
+                                                          "link, required beyond loopback; empty: the token")
+    curve_secret: str = Field(default="", description="CURVE: this actor's secret key file (<actor>.key_secret, "
+                                                      "mode 0600)")
     latent: Literal["pooled", "tokens"] = Field(default="pooled", description="what is streamed: the token learner's "
                                                 "pooled vector or the VLM's tokens; must match the learner's spec")
     explore: bool = Field(default=True, description="sample tanh(mu + std * eps) with the learner's std; false: the "

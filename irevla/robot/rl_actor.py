@@ -1,8 +1,8 @@
 """Stage-1 RL on the robot (vla_policy's ``rl_actor`` mode): the actor's core, without ROS.
 
 The messages (`Transition`, `EpisodeEnd`), the `LearnerLink` protocol and `InMemoryLearnerLink` live in
-`irevla.transport.messages` (the learner must not import the robot); `irevla.transport.zmq_link.ZmqLearnerLink` carries
-them to a learner in another process or on another machine (docs/overnight.md, "Actor/learner transport").
+`irevla.transport.messages` (the learner must not import the robot); `irevla.transport.actor_side.ZmqLearnerLink`
+carries them to a learner in another process or on another machine (docs/overnight.md, "Actor/learner transport").
 `RlActorCore` is the actor's side of one robot:
 
 * an episode runs from `begin_episode` (the node's ``~/start_episode``, after franka_control's reset) to
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from irevla.transport.messages import InMemoryLearnerLink, LearnerLink, Transition
 from irevla.robot.rl_episodes import RlEpisodeRecorder
 from irevla.spec import Observation
+from irevla.transport.messages import InMemoryLearnerLink, LearnerLink, Transition
 
 __all__ = ["InMemoryLearnerLink", "LearnerLink", "RlActorCore", "Transition"]
 

@@ -1,8 +1,8 @@
 """What actors and the stage-1 learner exchange: transitions, episode ends, head parameters, and the link protocol.
 
 Plain numpy dataclasses, no framework: the robot's RL actor (`irevla.robot.rl_actor`), the sim loop and the learner
-all speak these types, and `irevla.transport.zmq_link` carries them between processes (no pickle on the wire).
-This module lives in `learner` because `learner` must not import `robot`; the robot imports it from here.
+all speak these types, and `irevla.transport.actor_side` / `learner_side` carry them between processes (whole
+episodes, no pickle on the wire). It lives in `transport`, which imports neither `robot` nor a framework.
 
 The latent of an observation is what the frozen VLM produced for it (DESIGN.md: latents, not images, in the replay):
 either its tokens ``(m, d)`` with a bool mask ``(m,)``, or an already pooled vector ``(D,)``, which travels as tokens
@@ -115,7 +115,7 @@ class LearnerLink(Protocol):
 
     `send_*` must never block the control loop; `poll_head` returns the newest head (version, parameters named as in
     ``VLAPolicy.head_state``) not returned before, or None. Implementations: `InMemoryLearnerLink` (one process) and
-    `irevla.transport.zmq_link.ZmqLearnerLink` (the learner in another process or on another machine).
+    `irevla.transport.actor_side.ZmqLearnerLink` (the learner in another process or on another machine).
     """
 
     actor_id: str

@@ -18,16 +18,17 @@ pytest.importorskip("torch", reason="LatentActor is torch (the policy extra)")
 from netns import run_isolated  # noqa: E402
 
 from irevla.head_file import LOG_STD_NAME  # noqa: E402
-from irevla.transport.messages import EpisodeEnd, InMemoryLearnerLink, Transition  # noqa: E402
-from irevla.transport.zmq_link import LearnerServer, ZmqLearnerLink  # noqa: E402
 from irevla.robot.config import PolicySourceConfig  # noqa: E402
 from irevla.robot.policy_runner import LatentActorRunner, PolicyRunner  # noqa: E402
 from irevla.robot.rl_actor import RlActorCore  # noqa: E402
 from irevla.spec import Observation  # noqa: E402
+from irevla.transport.actor_side import ZmqLearnerLink  # noqa: E402
+from irevla.transport.learner_side import LearnerServer  # noqa: E402
+from irevla.transport.messages import EpisodeEnd, InMemoryLearnerLink, Transition  # noqa: E402
 
 torch.set_num_threads(1)
 TOKEN = secrets.token_hex(32)
-FAST = {"heartbeat_s": 0.05, "ack_timeout_s": 1.0, "dead_after_s": 2.0}
+FAST = {"heartbeat_s": 0.1, "ack_timeout_s": 1.0, "dead_after_s": 2.0}
 HUMAN = np.array([0.05, -0.01, 0.0, 0.0, 0.0, 0.0, 1.0], np.float32)  # x beyond the 2 cm bound: clipped
 
 

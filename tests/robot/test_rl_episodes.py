@@ -15,12 +15,12 @@ pytest.importorskip("torch", reason="LatentActor is torch (the policy extra)")
 
 from irevla.data import EpisodeStore, read_episode  # noqa: E402
 from irevla.head_file import LOG_STD_NAME  # noqa: E402
-from irevla.transport.messages import InMemoryLearnerLink  # noqa: E402
 from irevla.robot.config import PolicySourceConfig  # noqa: E402
 from irevla.robot.policy_runner import LatentActorRunner, PolicyRunner  # noqa: E402
 from irevla.robot.rl_actor import RlActorCore  # noqa: E402
 from irevla.robot.rl_episodes import RlEpisodeRecorder  # noqa: E402
 from irevla.spec import REAL_ROBOT_PROPRIO, Observation  # noqa: E402
+from irevla.transport.messages import InMemoryLearnerLink  # noqa: E402
 
 torch.set_num_threads(1)
 HUMAN = np.array([0.05, -0.01, 0.0, 0.0, 0.0, 0.0, 1.0], np.float32)  # x beyond the 2 cm bound: clipped

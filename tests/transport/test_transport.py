@@ -1,5 +1,6 @@
-"""The actor <-> learner transport over real ZeroMQ sockets on 127.0.0.1: heads and transitions arrive intact, a killed
-learner neither stops nor loses the actor's data, and wrong tokens, garbage and oversized messages are refused."""
+"""The actor <-> learner transport over real ZeroMQ sockets on 127.0.0.1: heads and whole episodes arrive intact, a
+killed learner neither stops nor loses the actor's data, wrong tokens, garbage and oversized messages are refused, and
+CURVE keys encrypt and admit only the actors they name."""
 
 from __future__ import annotations
 
@@ -21,23 +22,27 @@ zmq = pytest.importorskip("zmq")
 
 from transport_learner_proc import digest, head_params  # noqa: E402
 
-from irevla.transport.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
-from irevla.transport.zmq_link import (  # noqa: E402
-    LearnerServer,
-    TransportError,
-    ZmqLearnerLink,
-    check_bind_address,
-    encode_message,
-    load_token,
-    mac_frames,
-)
+from irevla.cli import main as irevla_main  # noqa: E402
+from irevla.errors import UserError  # noqa: E402
 from irevla.robot.rl_actor import RlActorCore  # noqa: E402
 from irevla.spec import Observation  # noqa: E402
+from irevla.transport.actor_side import ZmqLearnerLink  # noqa: E402
+from irevla.transport.learner_side import LearnerServer  # noqa: E402
+from irevla.transport.messages import EpisodeEnd, Transition, pooled_latent  # noqa: E402
+from irevla.transport.wire import (  # noqa: E402
+    Codec,
+    TransportError,
+    actor_auth,
+    learner_auth,
+    load_token,
+    mac_frames,
+    write_keys,
+)
 
 TOKEN = secrets.token_hex(32)
 HELPER = Path(__file__).with_name("transport_learner_proc.py")
 REPO = Path(__file__).resolve().parents[2]
-FAST = {"heartbeat_s": 0.05, "ack_timeout_s": 1.0, "dead_after_s": 1.0, "max_backoff_s": 2.0}
+FAST = {"heartbeat_s": 0.1, "ack_timeout_s": 1.0, "dead_after_s": 1.0, "max_backoff_s": 2.0}
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition", interval: float = 0.01):
@@ -73,9 +78,21 @@ def drain(server: LearnerServer, count: int, timeout: float = 20.0) -> list:
     return got
 
 
+FINAL = (np.ones((2, 4), np.float16), np.array([True, False]))
+
+
+def send_episode(link, episode: int, steps: int, success: bool = False, **transition_args) -> list:
+    """Send one whole episode; returns what was sent (its transitions, then its end)."""
+    sent = [transition(step, episode=episode, **transition_args) for step in range(steps)]
+    for item in sent:
+        link.send_transition(item)
+    link.send_episode_end(episode, steps, success, FINAL, np.zeros(7, np.float32))
+    return [*sent, EpisodeEnd(episode, steps, success, *FINAL, np.zeros(7, np.float32))]
+
+
 @pytest.fixture
 def server():
-    with LearnerServer("tcp://127.0.0.1:*", token=TOKEN) as learner:
+    with LearnerServer("tcp://127.0.0.1:*", TOKEN) as learner:
         yield learner
 
 
@@ -101,28 +118,24 @@ def test_heads_arrive_bit_identical_latest_only(server):
         assert link.stats()["heads_received"] == 2 and server.stats()["heads_sent"] == 2
 
 
-def test_transitions_and_episode_ends_arrive_in_order_from_two_actors(server):
+def test_whole_episodes_arrive_in_order_from_two_actors_and_are_acknowledged_once_stored(server):
     sent = {"arm-1": [], "arm-2": []}
     with (ZmqLearnerLink(server.address, TOKEN, "arm-1", **FAST) as arm1,
-          ZmqLearnerLink(server.address, TOKEN, "arm-2", max_batch_items=3, **FAST) as arm2):
+          ZmqLearnerLink(server.address, TOKEN, "arm-2", **FAST) as arm2):
         for step in range(40):
             item = transition(step, intervention=step % 7 == 0)
             arm1.send_transition(item)
             sent["arm-1"].append(item)
-            pooled_tokens, pooled_mask = pooled_latent(np.full(16, step, np.float32))  # a pooled latent: (1, D)
-            item = transition(step, episode=3, tokens=pooled_tokens, mask=pooled_mask)
-            arm2.send_transition(item)
-            sent["arm-2"].append(item)
-        for link in (arm1, arm2):
-            episode = sent[link.actor_id][-1].episode
-            final = (np.ones((2, 4), np.float16), np.array([True, False]))
-            link.send_episode_end(episode, 40, link.actor_id == "arm-1", final, np.zeros(7, np.float32))
-            sent[link.actor_id].append(EpisodeEnd(episode, 40, link.actor_id == "arm-1", *final,
-                                                  np.zeros(7, np.float32)))
-        got = drain(server, 82)
+        assert arm1.stats()["open_steps"] == 40 and server.poll(timeout_ms=300) == []  # an open episode stays home
+        arm1.send_episode_end(0, 40, True, FINAL, np.zeros(7, np.float32))
+        sent["arm-1"].append(EpisodeEnd(0, 40, True, *FINAL, np.zeros(7, np.float32)))
+        for episode in range(3, 7):  # pooled latents: tokens (1, D)
+            tokens, mask = pooled_latent(np.full(16, episode, np.float32))
+            sent["arm-2"] += send_episode(arm2, episode, 10, tokens=tokens, mask=mask)
+        got = drain(server, 41 + 44)
         assert arm1.flush(10) and arm2.flush(10)
-        assert arm1.stats()["acked"] == 41 and arm2.stats()["buffered"] == 0
-    assert len(got) == 82 and server.poll() == []
+        assert arm1.stats()["acked"] == 41 and arm2.stats()["buffered"] == 0 and arm2.stats()["acked"] == 44
+    assert len(got) == 85 and server.poll() == []
     for actor, items in sent.items():
         received = [r.item for r in got if r.actor == actor]
         assert [type(r) for r in received] == [type(s) for s in items]
@@ -130,20 +143,31 @@ def test_transitions_and_episode_ends_arrive_in_order_from_two_actors(server):
     end = [r.item for r in got if isinstance(r.item, EpisodeEnd) and r.actor == "arm-1"][0]
     assert end.success is True and end.final_tokens.dtype == np.float16
     stats = server.stats()
-    assert stats["transitions"] == 80 and stats["episode_ends"] == 2 and stats["rejected"] == 0
-    assert stats["actors"] == ["arm-1", "arm-2"]
+    assert stats["transitions"] == 80 and stats["episodes"] == 5
+    assert stats["rejected"] == 0 and stats["duplicates"] == 0 and stats["actors"] == ["arm-1", "arm-2"]
+
+
+def test_an_episode_is_acknowledged_only_after_the_learner_polls_again():
+    with LearnerServer("tcp://127.0.0.1:*", TOKEN) as server, ZmqLearnerLink(server.address, TOKEN, "arm-1",
+                                                                           **FAST) as link:
+        send_episode(link, 0, 3)
+        got: list = []
+        wait_for(lambda: got.extend(server.poll(timeout_ms=50)) or len(got) >= 4, what="the episode")
+        time.sleep(2.5)  # more than ack_timeout_s: the actor asks (sync), but the episode is not stored yet
+        assert link.stats()["acked"] == 0 and link.stats()["resent"] == 0 and not link.flush(0.1)
+        assert server.poll(timeout_ms=0) == []  # this poll stores-then-acknowledges the first one's episode
+        assert link.flush(10) and link.stats()["acked"] == 4 and server.stats()["duplicates"] == 0
 
 
 def test_a_learner_that_does_not_keep_up_pushes_back_and_loses_nothing():
-    with LearnerServer("tcp://127.0.0.1:*", token=TOKEN, max_inbox_items=3) as server:
-        with ZmqLearnerLink(server.address, TOKEN, "arm-1", max_batch_items=1, **FAST) as link:
-            for step in range(10):
-                link.send_transition(transition(step))
+    with LearnerServer("tcp://127.0.0.1:*", TOKEN, max_inbox_items=3) as server:
+        with ZmqLearnerLink(server.address, TOKEN, "arm-1", **FAST) as link:
+            sent = [item for episode in range(4) for item in send_episode(link, episode, 2)]  # 3 items each
             wait_for(lambda: server.stats()["backpressure"] > 0, what="back-pressure")
             assert server.stats()["inbox_items"] == 3 and link.stats()["acked"] == 0  # taken != acknowledged
-            got = drain(server, 10)
-            assert [digest(r.item) for r in got] == [digest(transition(step)) for step in range(10)]
-            assert link.flush(10) and server.stats()["transitions"] == 10
+            got = drain(server, 12)
+            assert [digest(r.item) for r in got] == [digest(item) for item in sent]
+            assert link.flush(10) and server.stats()["episodes"] == 4
 
 
 class StubRunner:
@@ -182,11 +206,12 @@ class RecordingLink:
         return self.link.poll_head()
 
 
-def start_learner(address: str, version: int, record: Path) -> subprocess.Popen:
+def start_learner(address: str, version: int, record: Path, hang_after: int = 0) -> subprocess.Popen:
     env = dict(os.environ, IREVLA_LEARNER_TOKEN=TOKEN,
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     process = subprocess.Popen([sys.executable, str(HELPER), "--address", address, "--head-version", str(version),
-                                "--record", str(record)], stdout=subprocess.PIPE, env=env, text=True)
+                                "--record", str(record), "--hang-after", str(hang_after)], stdout=subprocess.PIPE,
+                               env=env, text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if select.select([process.stdout], [], [], 0.1)[0]:
@@ -214,7 +239,8 @@ def observation(t: int) -> Observation:
 def test_a_killed_learner_does_not_stop_the_actor_which_reconnects_and_loses_nothing(tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"
     record1, record2 = tmp_path / "learner1.jsonl", tmp_path / "learner2.jsonl"
-    learner1 = start_learner(address, 1, record1)
+    # learner 1 stores 2 episodes (12 items) and dies before acknowledging the last it took: it must come again
+    learner1 = start_learner(address, 1, record1, hang_after=12)
     learner2 = None
     link = ZmqLearnerLink(address, TOKEN, "arm-1", **FAST)
     recording, runner = RecordingLink(link), StubRunner()
@@ -229,23 +255,26 @@ def test_a_killed_learner_does_not_stop_the_actor_which_reconnects_and_loses_not
         assert time.monotonic() - start < 0.5  # the control loop never waits on the network
         return action
 
-    try:
+    def episode(steps: int = 5) -> list[np.ndarray]:
         actor.begin_episode()
-        wait_for(lambda: act() is not None and runner.version == 1 and len(recorded(record1)) >= 20,
-                 what="head 1 applied and transitions at learner 1", interval=0.005)
+        actions = [act() for _ in range(steps)]
+        actor.end_episode(observation(t), success=True)
+        return actions
+
+    try:
+        wait_for(lambda: episode() and runner.version == 1 and len(recorded(record1)) >= 12,
+                 what="head 1 applied and episodes at learner 1", interval=0)
         learner1.send_signal(signal.SIGKILL)
         learner1.wait(10)
-        wait_for(lambda: act() is not None and not link.connected, what="the link to notice", interval=0.005)
-        for _ in range(30):  # learner gone: the actor acts on with the last head and keeps buffering
-            assert np.array_equal(act(), head_params(1)["w"]) and runner.version == 1
-        assert link.stats()["buffered"] >= 30
+        wait_for(lambda: episode() and not link.connected, what="the link to notice", interval=0)
+        for _ in range(6):  # learner gone: the actor acts on with the last head and keeps buffering
+            assert all(np.array_equal(action, head_params(1)["w"]) for action in episode()) and runner.version == 1
+        assert link.stats()["buffered"] >= 36
         learner2 = start_learner(address, 2, record2)  # same port, new process
-        wait_for(lambda: act() is not None and runner.version == 2, what="head 2 from the new learner",
-                 interval=0.005)
-        actor.end_episode(observation(t), success=True)
+        wait_for(lambda: episode() and runner.version == 2, what="head 2 from the new learner", interval=0)
         assert link.flush(20), link.stats()
         stats = link.stats()
-        assert link.connected and stats["reconnects"] >= 1 and stats["learner_changes"] == 1
+        assert link.connected and stats["connections"] >= 2 and stats["resent"] >= 1
         assert stats["buffered"] == 0 and stats["acked"] == stats["queued"] == len(recording.sent)
     finally:
         link.close()
@@ -257,70 +286,77 @@ def test_a_killed_learner_does_not_stop_the_actor_which_reconnects_and_loses_not
     assert got1 == sent[:len(got1)]  # learner 1: in order, no duplicates
     first = len(sent) - len(got2)
     assert len(set(got2)) == len(got2) and got2 == sent[first:]  # learner 2: the rest, in order, once
-    assert first <= len(got1)  # nothing fell between the two (what 1 took but never acknowledged comes again)
+    assert first < len(got1)  # nothing fell between the two: what 1 took but never acknowledged came again
     assert max(recording.durations) < 0.5
 
 
 def test_a_wrong_token_is_refused(server):
     with ZmqLearnerLink(server.address, "not-the-token-" + "x" * 20, "intruder", **FAST) as link:
-        link.send_transition(transition(0))
+        send_episode(link, 0, 2)
         wait_for(lambda: server.stats()["rejected_reasons"].get("auth", 0) >= 3, what="auth rejections")
         assert server.poll(timeout_ms=200) == []
         stats = server.stats()
         assert stats["transitions"] == 0 and stats["sessions"] == 0 and stats["acks_sent"] == 0
-        assert not link.connected and link.stats()["acked"] == 0 and link.stats()["buffered"] == 1
+        assert not link.connected and link.stats()["acked"] == 0 and link.stats()["buffered"] == 3
 
 
-def signed(header: dict, arrays=()) -> list[bytes]:
-    return encode_message(TOKEN.encode(), header, arrays)
+CODEC = Codec(TOKEN.encode())
 
 
 def raw_signed(*frames: bytes) -> list[bytes]:
     return [*frames, mac_frames(TOKEN.encode(), frames)]
 
 
-def batch_header(**fields) -> dict:
-    return {"kind": "batch", "actor": "raw", "session": "s" * 32, "seq": 1, "floor": 1, "head": -1, **fields}
+def episode_header(**fields) -> dict:
+    return {"kind": "episode", "actor": "raw", "session": "s" * 32, "seq": 1, "episode": 0, "steps": 1,
+            "success": False, **fields}
+
+
+def episode_arrays(**changes) -> list:
+    """The arrays of a one-step episode, as the wire carries them; `changes` replaces (dtype, shape) by name."""
+    specs = {"step": ("int64", [1]), "intervention": ("bool", [1]), "policy_version": ("int64", [1]),
+             "latent_tokens": ("float16", [1, 1, 2]), "latent_mask": ("bool", [1, 1]), "proprio": ("float32", [1, 3]),
+             "action": ("float32", [1, 3]), "final_tokens": ("float16", [1, 2]), "final_mask": ("bool", [1]),
+             "final_proprio": ("float32", [3]), **changes}
+    return [({"name": name, "dtype": dtype, "shape": shape},
+             bytes(int(np.prod(shape)) * np.dtype(dtype).itemsize)) for name, (dtype, shape) in specs.items()]
 
 
 BAD_MESSAGES = [
     ("frames", [b"garbage"]),
     ("auth", [b"garbage", b"x" * 32]),
-    ("auth", [b'{"v":1}', b"\x00" * 8, os.urandom(32)]),
+    ("auth", [b'{"v":2}', b"\x00" * 8, os.urandom(32)]),
     ("header", raw_signed(b"\xff\xfe not json")),
-    ("header", raw_signed(b"[1, 2]")),
-    ("version", raw_signed(b"{\"v\": 2, \"arrays\": []}")),
-    ("dtype", raw_signed(json.dumps({"v": 1, "arrays": [{"name": "a", "dtype": "object", "shape": [1]}]}).encode(),
+    ("version", raw_signed(b"[1, 2]")),
+    ("version", raw_signed(b"{\"v\": 1, \"arrays\": []}")),
+    ("dtype", raw_signed(json.dumps({"v": 2, "arrays": [{"name": "a", "dtype": "object", "shape": [1]}]}).encode(),
                          b"\x00" * 8)),
-    ("dtype", raw_signed(json.dumps({"v": 1, "arrays": [{"name": "a", "dtype": ">f4", "shape": [1]}]}).encode(),
+    ("dtype", raw_signed(json.dumps({"v": 2, "arrays": [{"name": "a", "dtype": ">f4", "shape": [1]}]}).encode(),
                          b"\x00" * 4)),
-    ("bytes", raw_signed(json.dumps({"v": 1, "arrays": [{"name": "a", "dtype": "float32", "shape": [4]}]}).encode(),
+    ("bytes", raw_signed(json.dumps({"v": 2, "arrays": [{"name": "a", "dtype": "float32", "shape": [4]}]}).encode(),
                          b"\x00" * 15)),
-    ("bytes", raw_signed(json.dumps({"v": 1, "arrays": [{"name": "a", "dtype": "bool", "shape": [2]}]}).encode(),
+    ("bytes", raw_signed(json.dumps({"v": 2, "arrays": [{"name": "a", "dtype": "bool", "shape": [2]}]}).encode(),
                          b"\x00\x07")),
-    ("shape", raw_signed(json.dumps({"v": 1, "arrays": [{"name": "a", "dtype": "uint8", "shape": [-1]}]}).encode(),
+    ("shape", raw_signed(json.dumps({"v": 2, "arrays": [{"name": "a", "dtype": "uint8", "shape": [-1]}]}).encode(),
                          b"")),
-    ("frames", raw_signed(json.dumps({"v": 1, "arrays": [{"name": "a", "dtype": "uint8", "shape": [1]},
+    ("frames", raw_signed(json.dumps({"v": 2, "arrays": [{"name": "a", "dtype": "uint8", "shape": [1]},
                                                          {"name": "b", "dtype": "uint8", "shape": [1]}]}).encode(),
                           b"\x01")),
-    ("frames", raw_signed(b"{}", *[b""] * 9)),  # more arrays than max_arrays=8
+    ("frames", raw_signed(b"{}", *[b""] * 17)),  # more arrays than max_arrays=16
     ("size", raw_signed(b"{}", b"\x00" * 400_000, b"\x00" * 400_000, b"\x00" * 400_000)),  # 1.2 MB > 1 MiB in all
-    ("kind", signed({"kind": "ack", "actor": "raw", "session": "s" * 32})),
-    ("header", signed(batch_header(floor=0, items=[{"type": "transition"}]))),
-    ("content", signed(batch_header(items=[{"type": "transition", "episode": 0, "step": 0, "intervention": False,
-                                            "policy_version": 0}]))),  # its arrays are missing
-    ("content", signed(batch_header(items=[{"type": "transition", "episode": 0, "step": 0, "intervention": 1,
-                                            "policy_version": 0}]),
-                       [({"name": f"0/{name}", "dtype": dtype, "shape": shape}, bytes(size))
-                        for name, dtype, shape, size in [("latent_tokens", "float16", [1, 2], 4),
-                                                          ("latent_mask", "bool", [1], 1),
-                                                          ("proprio", "float32", [1], 4),
-                                                          ("action", "float32", [1], 4)]])),  # intervention not a bool
+    ("kind", CODEC.encode({"kind": "ack", "actor": "raw", "session": "s" * 32})),
+    ("kind", CODEC.encode({"kind": "sync", "actor": "raw", "session": "s" * 32, "floor": 1, "head": -1},
+                          episode_arrays()[:1])),  # a sync carries no arrays
+    ("header", CODEC.encode({"kind": "sync", "actor": "raw", "session": "s" * 32, "floor": 0, "head": -1})),
+    ("header", CODEC.encode(episode_header(seq=0), episode_arrays())),
+    ("content", CODEC.encode(episode_header(), episode_arrays()[:7])),  # the end's arrays are missing
+    ("content", CODEC.encode(episode_header(), episode_arrays(intervention=("uint8", [1])))),  # not a bool
+    ("content", CODEC.encode(episode_header(), episode_arrays(proprio=("float32", [2, 3])))),  # 2 rows for 1 step
 ]
 
 
 def test_garbage_and_oversized_messages_are_rejected_and_the_server_keeps_serving():
-    with LearnerServer("tcp://127.0.0.1:*", token=TOKEN, max_message_bytes=1 << 20, max_arrays=8) as server:
+    with LearnerServer("tcp://127.0.0.1:*", TOKEN, max_message_bytes=1 << 20, max_arrays=16) as server:
         context = zmq.Context()
         raw = context.socket(zmq.DEALER)
         raw.setsockopt(zmq.LINGER, 0)
@@ -334,12 +370,11 @@ def test_garbage_and_oversized_messages_are_rejected_and_the_server_keeps_servin
             raw.send_multipart([b"\x00" * (2 << 20)])  # one frame over MAXMSGSIZE: ZeroMQ drops the peer
             with socket.create_connection(("127.0.0.1", int(server.address.rsplit(":", 1)[1]))) as tcp:
                 tcp.sendall(b"GET / HTTP/1.0\r\n\r\n" + os.urandom(4096))  # not even ZMTP
-            with ZmqLearnerLink(server.address, TOKEN, "arm-1", max_message_bytes=1 << 20, max_arrays=8,
+            with ZmqLearnerLink(server.address, TOKEN, "arm-1", max_message_bytes=1 << 20, max_arrays=16,
                                 **FAST) as link:  # the same bounds as the server's
-                for step in range(5):
-                    link.send_transition(transition(step))
-                got = drain(server, 5)
-                assert [digest(r.item) for r in got] == [digest(transition(step)) for step in range(5)]
+                sent = send_episode(link, 0, 5)
+                got = drain(server, 6)
+                assert [digest(r.item) for r in got] == [digest(item) for item in sent]
                 assert link.flush(10)
         finally:
             raw.close(0)
@@ -359,11 +394,11 @@ def test_the_actor_rejects_what_a_fake_learner_sends():
         with ZmqLearnerLink(f"tcp://127.0.0.1:{port}", TOKEN, "arm-1", **FAST) as link:
             assert fake.poll(20_000)
             identity = fake.recv_multipart()[0]
-            forged = encode_message(b"someone-elses-token", {"kind": "head", "instance": "x", "version": 9},
-                                    [({"name": "w", "dtype": "float32", "shape": [1]}, bytes(4))])
+            forged = Codec(b"someone-elses-token").encode({"kind": "head", "instance": "x", "version": 9},
+                                                          [({"name": "w", "dtype": "float32", "shape": [1]}, bytes(4))])
             fake.send_multipart([identity, b"junk"])
             fake.send_multipart([identity, *forged])
-            fake.send_multipart([identity, *signed({"kind": "head", "instance": "x", "version": 9})])  # no params
+            fake.send_multipart([identity, *CODEC.encode({"kind": "head", "instance": "x", "version": 9})])  # empty
             wait_for(lambda: link.stats()["rejected"] >= 3, what="3 rejections")
             assert link.stats()["rejected_reasons"] == {"frames": 1, "auth": 1, "content": 1}
             assert link.poll_head() is None and not link.connected and link.stats()["internal_errors"] == 0
@@ -372,7 +407,7 @@ def test_the_actor_rejects_what_a_fake_learner_sends():
         context.term()
 
 
-def test_the_outbox_is_bounded_and_says_so():
+def test_the_outbox_is_bounded_and_an_episode_is_checked_as_it_grows():
     with ZmqLearnerLink(f"tcp://127.0.0.1:{free_port()}", TOKEN, "arm-1", max_buffered=5, **FAST) as link:
         start = time.monotonic()
         for step in range(5):
@@ -388,9 +423,17 @@ def test_the_outbox_is_bounded_and_says_so():
             link.send_transition(transition(0, tokens=np.zeros((2, 3), np.int64), mask=np.ones(2, bool)))
         with pytest.raises(ValueError, match="does not match"):
             link.send_transition(transition(0, tokens=np.zeros((2, 3), np.float16), mask=np.ones(3, bool)))
+        link.send_transition(transition(0, episode=4))
+        with pytest.raises(ValueError, match="does not continue the open episode 4"):
+            link.send_transition(transition(1, episode=5))
+        with pytest.raises(ValueError, match=r"latent_tokens float16\(2, 6\).*latent_tokens float16\(5, 6\)"):
+            link.send_transition(transition(1, episode=4, tokens=np.zeros((2, 6), np.float16), mask=np.ones(2, bool)))
+        with pytest.raises(ValueError, match="holds 1 step"):
+            link.send_episode_end(4, 2, False, FINAL, np.zeros(7, np.float32))
+        assert link.stats()["open_steps"] == 1
 
 
-def test_tokens_and_bind_addresses(tmp_path, monkeypatch):
+def test_tokens_keys_and_addresses(tmp_path, monkeypatch):
     monkeypatch.delenv("IREVLA_LEARNER_TOKEN", raising=False)
     monkeypatch.delenv("IREVLA_LEARNER_TOKEN_FILE", raising=False)
     with pytest.raises(TransportError, match="no learner token"):
@@ -404,18 +447,119 @@ def test_tokens_and_bind_addresses(tmp_path, monkeypatch):
     assert load_token() == TOKEN.encode()
     path = tmp_path / "token"
     path.write_text(TOKEN[::-1] + "\n")
-    path.chmod(0o600)
-    assert load_token(path=path) == TOKEN[::-1].encode()
     monkeypatch.delenv("IREVLA_LEARNER_TOKEN")
     monkeypatch.setenv("IREVLA_LEARNER_TOKEN_FILE", str(path))
     assert load_token() == TOKEN[::-1].encode()
+    monkeypatch.setenv("IREVLA_LEARNER_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(TransportError, match="missing"):
+        load_token()
     for local in ("tcp://127.0.0.1:5555", "tcp://localhost:5555", "tcp://[::1]:5555", "ipc:///tmp/learner"):
-        check_bind_address(local)
+        assert learner_auth(local, TOKEN).token == actor_auth(local, TOKEN).token == TOKEN.encode()
     for remote in ("tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://192.168.1.10:5555", "tcp://eth0:5555"):
-        with pytest.raises(ValueError, match="allow_remote"):
-            check_bind_address(remote)
-        check_bind_address(remote, allow_remote=True)
-    with pytest.raises(ValueError, match="allow_remote"):
-        LearnerServer("tcp://0.0.0.0:*", token=TOKEN)
-    with pytest.raises(ValueError, match="expected tcp"):
-        check_bind_address("udp://127.0.0.1:5555")
+        with pytest.raises(TransportError, match="not loopback: give --curve-secret and --curve-clients"):
+            learner_auth(remote, TOKEN)
+        with pytest.raises(TransportError, match="not loopback: give curve_server_key and curve_secret"):
+            actor_auth(remote, TOKEN)
+    with pytest.raises(TransportError, match="learner binds tcp://0.0.0.0"):
+        LearnerServer("tcp://0.0.0.0:*", TOKEN)
+    with pytest.raises(TransportError, match="expected tcp"):
+        learner_auth("udp://127.0.0.1:5555", TOKEN)
+    keys = tmp_path / "keys"
+    write_keys(keys, ["arm-1"])
+    with pytest.raises(TransportError, match="go together"):
+        learner_auth("tcp://0.0.0.0:5555", curve_secret=keys / "learner.key_secret")
+    with pytest.raises(TransportError, match="holds no secret key"):
+        actor_auth("tcp://10.0.0.1:5555", curve_server_key=keys / "learner.key", curve_secret=keys / "learner.key")
+    with pytest.raises(TransportError, match="--curve-secret .*nope: not a readable key file"):
+        learner_auth("tcp://0.0.0.0:5555", curve_secret=tmp_path / "nope", curve_clients=keys / "clients")
+    with pytest.raises(TransportError, match="--curve-clients .*: expected a directory of actor public keys"):
+        learner_auth("tcp://0.0.0.0:5555", curve_secret=keys / "learner.key_secret", curve_clients=tmp_path)
+    assert issubclass(TransportError, UserError)  # the CLI prints its message on one line
+
+
+# --- CURVE ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def keys(tmp_path) -> Path:
+    write_keys(tmp_path / "keys", ["arm-1", "arm-2"])
+    return tmp_path / "keys"
+
+
+def curve_server(keys: Path, secret: str = "learner.key_secret") -> LearnerServer:
+    return LearnerServer("tcp://127.0.0.1:*", learner_auth("tcp://127.0.0.1:*", curve_secret=keys / secret,
+                                                           curve_clients=keys / "clients"))
+
+
+def curve_link(address: str, keys: Path, secret: Path, actor: str = "arm-1") -> ZmqLearnerLink:
+    return ZmqLearnerLink(address, actor_auth(address, curve_server_key=keys / "learner.key", curve_secret=secret),
+                          actor, **FAST)
+
+
+def test_irevla_learner_keys_writes_key_pairs_with_private_secret_files(tmp_path, capsys):
+    out = tmp_path / "keys"
+    assert irevla_main(["learner", "keys", "--out", str(out), "--actor", "arm-1"]) == 0
+    printed = capsys.readouterr().out
+    assert "--curve-secret" in printed and "--curve-clients" in printed and "rl_actor.curve_secret" in printed
+    assert sorted(path.name for path in out.glob("*.key_secret")) == ["arm-1.key_secret", "learner.key_secret"]
+    for secret in out.glob("*.key_secret"):
+        assert secret.stat().st_mode & 0o777 == 0o600
+        assert zmq.auth.load_certificate(secret)[1] is not None
+    for public in (out / "learner.key", out / "clients" / "arm-1.key"):
+        assert zmq.auth.load_certificate(public)[1] is None  # public files hold no secret
+    assert zmq.auth.load_certificate(out / "clients" / "arm-1.key")[0] == zmq.auth.load_certificate(
+        out / "arm-1.key_secret")[0]
+    before = (out / "learner.key_secret").read_bytes()
+    assert irevla_main(["learner", "keys", "--out", str(out)]) == 2  # a user error: never replaces keys
+    assert "already there" in capsys.readouterr().err and (out / "learner.key_secret").read_bytes() == before
+
+
+def test_a_curve_link_over_loopback_carries_episodes_and_heads(keys):
+    with curve_server(keys) as server, curve_link(server.address, keys, keys / "arm-1.key_secret") as link:
+        server.publish_head(1, head_params(1))
+        sent = send_episode(link, 0, 5, success=True)
+        got = drain(server, 6)
+        assert [digest(r.item) for r in got] == [digest(item) for item in sent]
+        version, params = wait_for(link.poll_head, what="the head")
+        assert version == 1 and np.array_equal(params["w"], head_params(1)["w"])
+        assert link.flush(10) and link.connected and server.stats()["rejected"] == 0
+
+
+def test_a_wrong_client_key_is_refused_and_the_learner_gets_nothing(keys, tmp_path):
+    write_keys(tmp_path / "stranger", ["arm-1"])  # a well-formed key pair the learner never admitted
+    with curve_server(keys) as server:
+        server.publish_head(1, head_params(1))
+        with curve_link(server.address, keys, tmp_path / "stranger" / "arm-1.key_secret") as link:
+            send_episode(link, 0, 2)
+            wait_for(lambda: server.stats()["rejected_reasons"].get("handshake", 0) >= 1, what="a refused handshake")
+            time.sleep(0.5)
+            assert server.poll(timeout_ms=100) == [] and server.stats()["messages"] == 0
+            assert server.stats()["sessions"] == 0 and server.stats()["heads_sent"] == 0
+            assert not link.connected and link.poll_head() is None and link.stats()["acked"] == 0
+
+
+def test_an_impostor_learner_with_other_keys_gets_nothing_from_the_actor(keys, tmp_path):
+    write_keys(tmp_path / "impostor", ["x"])
+    (tmp_path / "impostor" / "clients" / "arm-1.key").write_bytes((keys / "clients" / "arm-1.key").read_bytes())
+    with curve_server(tmp_path / "impostor") as impostor:  # admits arm-1's public key, but is not the learner
+        impostor.publish_head(9, head_params(9))
+        with curve_link(impostor.address, keys, keys / "arm-1.key_secret") as link:
+            send_episode(link, 0, 2)
+            wait_for(lambda: link.stats()["rejected_reasons"].get("handshake", 0) >= 1, what="a failed handshake")
+            time.sleep(0.5)
+            assert impostor.poll(timeout_ms=100) == [] and impostor.stats()["messages"] == 0
+            assert link.poll_head() is None and not link.connected
+
+
+def test_a_plain_text_peer_cannot_talk_to_a_curve_learner(keys):
+    with curve_server(keys) as server:
+        server.publish_head(1, head_params(1))
+        with ZmqLearnerLink(server.address, TOKEN, "plain", **FAST) as link:  # the token, no CURVE
+            send_episode(link, 0, 2)
+            wait_for(lambda: server.stats()["rejected_reasons"].get("handshake", 0) >= 1, what="a refused handshake")
+            time.sleep(0.5)
+            assert server.poll(timeout_ms=100) == [] and server.stats()["messages"] == 0
+            assert not link.connected and link.poll_head() is None
+        with socket.create_connection(("127.0.0.1", int(server.address.rsplit(":", 1)[1]))) as tcp:
+            tcp.sendall(os.urandom(4096))  # not even ZMTP
+        time.sleep(0.3)
+        assert server.stats()["messages"] == 0 and server.stats()["internal_errors"] == 0

@@ -1,7 +1,7 @@
 """A learner process for test_transport.py: serves on --address, publishes one head, records every item it receives.
 
 Each received item becomes one JSON line in --record, written and flushed before the next poll (which is what
-acknowledges it), so after a SIGKILL the file holds at least everything the actor saw acknowledged.
+acknowledges its episode), so after a SIGKILL the file holds at least everything the actor saw acknowledged.
 The token comes from $IREVLA_LEARNER_TOKEN.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import time
 
 import numpy as np
 
@@ -40,20 +41,28 @@ def describe(received: Received) -> dict:
 
 
 def main() -> None:
-    from irevla.transport.zmq_link import LearnerServer
+    from irevla.transport.learner_side import LearnerServer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--address", required=True)
     parser.add_argument("--head-version", type=int, required=True)
     parser.add_argument("--record", required=True)
+    parser.add_argument("--hang-after", type=int, default=0,
+                        help="once this many items are recorded, stop polling: what the last poll returned is stored "
+                             "but never acknowledged (a learner that dies before its next poll)")
     args = parser.parse_args()
     server = LearnerServer(args.address)
     server.publish_head(args.head_version, head_params(args.head_version))
     print("READY", server.address, flush=True)
+    recorded = 0
     with open(args.record, "a") as out:
         while True:
+            if args.hang_after and recorded >= args.hang_after:
+                time.sleep(0.05)
+                continue
             for received in server.poll(timeout_ms=50):
                 out.write(json.dumps(describe(received)) + "\n")
+                recorded += 1
             out.flush()
 
 

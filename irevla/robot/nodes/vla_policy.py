@@ -14,10 +14,12 @@ Modes:
 
 * ``deploy``: the above, every tick.
 * ``rl_actor``: stage-1 RL episodes streamed to the learner (``irevla learner serve``) over
-  `irevla.transport.zmq_link.ZmqLearnerLink` (``rl_actor.learner_address``, token from $IREVLA_LEARNER_TOKEN or
-  $IREVLA_LEARNER_TOKEN_FILE); the node is a thin shell over `irevla.robot.rl_actor.RlActorCore`. Services
-  (std_srvs/Trigger): ``~/start_episode`` (calls franka_control's ``topics.reset_service`` first when
-  ``rl_actor.reset_before_episode``), ``~/end_episode_success`` and ``~/end_episode_failure`` (the human's label).
+  `irevla.transport.actor_side.ZmqLearnerLink` (``rl_actor.learner_address``; CURVE key files
+  ``rl_actor.curve_server_key`` + ``rl_actor.curve_secret``, or on loopback the token from $IREVLA_LEARNER_TOKEN or
+  $IREVLA_LEARNER_TOKEN_FILE), one message per finished episode; the node is a thin shell over
+  `irevla.robot.rl_actor.RlActorCore`. Services (std_srvs/Trigger): ``~/start_episode`` (calls franka_control's
+  ``topics.reset_service`` first when ``rl_actor.reset_before_episode``), ``~/end_episode_success`` and
+  ``~/end_episode_failure`` (the human's label).
   Between episodes nothing is published (franka_control holds). Each tick of an episode acts with the head the
   learner sent last (exploring unless ``rl_actor.explore`` is false) -- or, while teleop's action on
   ``topics.teleop_action`` carries ``meta/intervention`` = 1, executes the human's action, flagged as an
@@ -96,7 +98,7 @@ class VLAPolicyNode(Node):
         self.rl_mode = config.mode == "rl_actor"
         self.link = link
         self._own_link = False
-        self._learner_token = self._check_learner_setup() if self.rl_mode and link is None else None
+        self._learner_auth = self._check_learner_setup() if self.rl_mode and link is None else None
         self.episode_store = self._open_episode_store() if self.rl_mode and config.rl_actor.record_dir else None
         # Recording keeps every configured camera, not only the policy's (set once the policy has loaded).
         self.record_cameras: tuple[str, ...] = ()
@@ -138,14 +140,16 @@ class VLAPolicyNode(Node):
             self._ready(runner)
 
     # ----------------------------------------------------------------------------------------------- loading
-    def _check_learner_setup(self) -> bytes:
-        """rl_actor needs pyzmq and the learner's token: say so at start, not after the model has loaded."""
+    def _check_learner_setup(self):
+        """rl_actor needs pyzmq and the learner's keys or token: say so at start, not after the model has loaded."""
         try:
-            from irevla.transport.zmq_link import TransportError, load_token
+            from irevla.transport.wire import TransportError, actor_auth
         except ImportError as exc:
-            raise ConfigError(f"vla_policy: mode rl_actor needs the learner extra ({exc})") from None
+            raise ConfigError(f"vla_policy: mode rl_actor needs pyzmq ({exc})") from None
+        settings = self.config.rl_actor
         try:
-            return load_token()
+            return actor_auth(settings.learner_address, curve_server_key=settings.curve_server_key or None,
+                              curve_secret=settings.curve_secret or None)
         except TransportError as exc:
             raise ConfigError(f"vla_policy: mode rl_actor: {exc}") from None
 
@@ -175,9 +179,9 @@ class VLAPolicyNode(Node):
                                       initial_log_std=settings.initial_log_std, noise_beta=settings.noise_beta,
                                       noise_horizon=max(2, settings.max_episode_steps))
             if self.link is None:
-                from irevla.transport.zmq_link import ZmqLearnerLink
+                from irevla.transport.actor_side import ZmqLearnerLink
 
-                self.link = ZmqLearnerLink(settings.learner_address, self._learner_token, actor_id=settings.actor_id)
+                self.link = ZmqLearnerLink(settings.learner_address, self._learner_auth, actor_id=settings.actor_id)
                 self._own_link = True
             recorder = None
             if self.episode_store is not None:
