@@ -1,7 +1,7 @@
 """`irevla <command>`: the entry point. Thin on purpose: parse arguments, call into the packages, print results.
 
-Errors that a user can fix (a bad config, a corrupt file, an unknown task) are printed as one clear message and
-exit with status 2; anything else is a bug and keeps its traceback.
+Errors that a user can fix (a bad config, a corrupt file, an unknown task: every `irevla.errors.UserError`) are printed
+as one line on stderr and exit with status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from irevla import __version__
+from irevla.errors import UserError, one_line
 
 EPILOG = """\
 Typical session:
@@ -27,10 +28,6 @@ Typical session:
 """
 
 
-class UserError(Exception):
-    """Raised for problems the user can fix; printed without a traceback."""
-
-
 # ------------------------------------------------------------------------------------------------------ commands
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The simulated demo: the whole iRe-VLA loop on the embedded default (``irevla iterate`` on config/demo.yaml)."""
@@ -40,9 +37,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _cmd_iterate(args)
 
 
+def _check_tasks_and_variation(family: str, tasks: Sequence[str], variation: str, variation_seed: int) -> None:
+    """Typos in task names or the variation fail here, in a second and before a progress bar starts."""
+    from irevla.sim.registry import make_env_by_name, task_names
+    from irevla.sim.variations import parse_variation
+
+    parse_variation(variation, variation_seed)  # VariationError naming the part that is wrong
+    known = set(task_names(family))
+    for task in tasks:
+        if task not in known:  # the family's own UnknownTaskError (with its "did you mean"), or an alias it accepts
+            make_env_by_name(family, task, image_size=16).close()
+
+
 def _cmd_demos_sim(args: argparse.Namespace) -> int:
     from irevla.sim.demos import collect_expert_demos
 
+    _check_tasks_and_variation(args.family, args.tasks, args.variation, args.variation_seed)
     cameras = tuple(args.cameras) if args.cameras else None
     report = collect_expert_demos(
         args.tasks, args.episodes, args.out, family=args.family, image_size=args.image_size, cameras=cameras,
@@ -51,6 +61,7 @@ def _cmd_demos_sim(args: argparse.Namespace) -> int:
         max_episode_steps=args.max_steps, resume=args.resume)
     print(report.format())
     if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
     short = [t.task for t in report.tasks if t.kept < args.episodes]
     if short:
@@ -103,6 +114,7 @@ def _cmd_sim_show(args: argparse.Namespace) -> int:
     try:
         obs, _ = env.reset(seed=args.seed)
         strip = np.concatenate([obs["images"][c] for c in env.task_spec.observation_spec.cameras], axis=1)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(strip).save(args.out)
     finally:
         env.close()
@@ -210,7 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from irevla.calibration.cli import add_calibrate_parser  # argparse only; OpenCV is imported when it runs
 
-    add_calibrate_parser(commands)
+    def ros_calibration_sources():  # the robot's rclpy edge; calibration sits below it and is handed it here
+        from irevla.robot import calibration_sources
+
+        return calibration_sources
+
+    add_calibrate_parser(commands, ros_sources=ros_calibration_sources)
 
     from irevla.policy.cli import add_policy_parser, add_sft_parser  # argparse only; torch loads when it runs
 
@@ -229,32 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from irevla.config import ConfigError
-    from irevla.spec import ContractError
-
     args = build_parser().parse_args(argv)
-    user_errors: tuple[type[BaseException], ...] = (UserError, ConfigError, ContractError, FileNotFoundError)
-    try:
-        from irevla.iterate.handoff import HandoffError
-        from irevla.iterate.loop import LoopError
-
-        user_errors += (LoopError, HandoffError)
-    except ImportError:
-        pass
-    try:
-        from irevla.data.episode_file import EpisodeFormatError
-        from irevla.policy.errors import CheckpointError
-        from irevla.sim.base import UnknownTaskError
-        from irevla.sim.demos import DuplicateDemosError
-        from irevla.sim.variations import VariationError
-
-        user_errors += (EpisodeFormatError, UnknownTaskError, VariationError, DuplicateDemosError, CheckpointError)
-    except ImportError:  # an install without the sim extra still gets clear errors for the rest
-        pass
     try:
         return int(args.func(args) or 0)
-    except user_errors as exc:
-        print(f"irevla: error: {exc}", file=sys.stderr)
+    except UserError as exc:
+        print(f"irevla: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("irevla: interrupted", file=sys.stderr)

@@ -1,9 +1,9 @@
 """`irevla calibrate ...`: board, intrinsics, handeye, workspace. Parses arguments, calls the package, prints.
 
 irevla/cli.py wires it in with ``add_calibrate_parser(subparsers)``; each subcommand's handler is stored as
-``args.func`` and returns the exit status (0 ok, 1 calibration error, 2 bad arguments). ``python -m
-irevla.calibration.cli`` runs it on its own. Errors are one line naming the file/sample and the problem; result
-files are written atomically and only on success.
+``args.func`` and returns the exit status (0 ok, 2 an error the user can fix: bad arguments, a bad config or file,
+unusable calibration input). ``python -m irevla.calibration.cli`` runs it on its own. Errors are one line naming the
+file/sample and the problem; result files are written atomically and only on success.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from irevla.calibration.errors import CalibrationError
+from irevla.errors import UserError, one_line
 
 HANDEYE_EPILOG = """\
 examples:
@@ -41,12 +42,17 @@ examples:
 
 
 # ----------------------------------------------------------------------------------------------- parser
-def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `calibrate` (with board, intrinsics, handeye, workspace) to an argparse subparsers object."""
+def add_calibrate_parser(subparsers: Any, ros_sources: Callable[[], Any] | None = None) -> argparse.ArgumentParser:
+    """Add `calibrate` (with board, intrinsics, handeye, workspace) to an argparse subparsers object.
+
+    `ros_sources` returns the module with the ROS 2 pose/image sources (``irevla.robot.calibration_sources``): the
+    calibration package stays below the robot layer, so the caller that may import the robot (irevla/cli.py) hands
+    them in; without it ``--pose-source ros`` / ``--image-source ros`` is a clear error.
+    """
     calibrate = subparsers.add_parser(
         "calibrate", help="camera intrinsics, hand-eye and workspace calibration",
         description="Calibrate cameras and the robot workspace. See docs/calibration.md for the full walk-through.")
-    calibrate.set_defaults(func=lambda args: _usage(calibrate))
+    calibrate.set_defaults(func=lambda args: _usage(calibrate), ros_sources=ros_sources)
     commands = calibrate.add_subparsers(dest="calibrate_command", metavar="{board,intrinsics,handeye,workspace}")
 
     board = commands.add_parser("board", help="write a printable ChArUco board image",
@@ -166,7 +172,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 # ----------------------------------------------------------------------------------------------- handlers
 def _run_guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn CalibrationError into a one-line message + exit 1, and print warnings as they come."""
+    """Turn a user error (CalibrationError, ConfigError, a missing file) into one line + exit 2, and print warnings
+    as they come."""
 
     def run(args: argparse.Namespace) -> int:
         def show(message, category, filename, lineno, file=None, line=None):
@@ -177,10 +184,9 @@ def _run_guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argp
             warnings.showwarning = show
             try:
                 return handler(args)
-            except CalibrationError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                print("nothing was written.", file=sys.stderr)
-                return 1
+            except UserError as exc:
+                print(f"irevla: error: {one_line(exc)}; nothing was written", file=sys.stderr)
+                return 2
             except KeyboardInterrupt:
                 print("\ninterrupted; nothing was written (samples saved so far are kept).", file=sys.stderr)
                 return 130
@@ -339,26 +345,31 @@ def _collect(args: argparse.Namespace, config: Any, name: str, samples_dir: Path
     return rig
 
 
+def _ros_sources(args: argparse.Namespace) -> Any:
+    """The ROS 2 sources module the caller handed to `add_calibrate_parser` (rclpy loads here, not before)."""
+    loader = getattr(args, "ros_sources", None)
+    if loader is None:
+        raise CalibrationError("ROS 2 pose/image sources are only available through `irevla calibrate` (they live "
+                               "at the robot's edge, irevla.robot.calibration_sources); use --pose-source manual / "
+                               "--image-source realsense here")
+    return loader()
+
+
 def _open_sources(args: argparse.Namespace, ros: Any, closers: list[Callable[[], None]]) -> tuple[Any, Any]:
     from irevla.calibration.sources import ManualPoseSource
 
     connection = None
     if args.pose_source == "ros" or args.image_source == "ros":
-        from irevla.calibration.ros_sources import Ros2Connection
-
-        connection = Ros2Connection()
+        ros_sources = _ros_sources(args)
+        connection = ros_sources.Ros2Connection()
         closers.append(connection.close)
     if args.pose_source == "ros":
-        from irevla.calibration.ros_sources import Ros2PoseSource
-
-        pose_source = Ros2PoseSource(connection, ros.pose_topic, ros.timeout_s)
+        pose_source = ros_sources.Ros2PoseSource(connection, ros.pose_topic, ros.timeout_s)
     else:
         pose_source = ManualPoseSource()
     if args.image_source == "ros":
-        from irevla.calibration.ros_sources import Ros2ImageSource
-
-        image_source = Ros2ImageSource(connection, ros.image_topic, ros.camera_info_topic, ros.timeout_s,
-                                       serial=args.serial or "")
+        image_source = ros_sources.Ros2ImageSource(connection, ros.image_topic, ros.camera_info_topic,
+                                                   ros.timeout_s, serial=args.serial or "")
     else:
         from irevla.calibration.realsense import RealSenseImageSource
 
@@ -454,15 +465,11 @@ def _run_workspace(args: argparse.Namespace) -> int:
         closers: list[Callable[[], None]] = []
         try:
             if args.pose_source == "ros":
-                from irevla.calibration.ros_sources import (
-                    Ros2Connection,
-                    Ros2PoseSource,
-                )
-
-                connection = Ros2Connection()
+                ros_sources = _ros_sources(args)
+                connection = ros_sources.Ros2Connection()
                 closers.append(connection.close)
-                pose_source: Any = Ros2PoseSource(connection, args.pose_topic or config.ros.pose_topic,
-                                                  config.ros.timeout_s)
+                pose_source: Any = ros_sources.Ros2PoseSource(connection, args.pose_topic or config.ros.pose_topic,
+                                                              config.ros.timeout_s)
             else:
                 from irevla.calibration.sources import ManualPoseSource
 
