@@ -36,19 +36,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = yaml.safe_load((init / "learner.yaml").read_text()) or {}
     except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError(f"{init}: corrupt learner_init file: {exc}") from None
+    from irevla.learner.registry import get_algorithm  # names and settings models only: no JAX yet
+
+    algorithm = settings.get("algorithm", "sac")
+    entry = get_algorithm(algorithm, where=f"{init / 'learner.yaml'}: algorithm")
+    config = entry.config(settings, str(init / "learner.yaml"))
 
     from irevla.atomic_io import atomic_write_text
     from irevla.head_file import load_head_arrays
     from irevla.learner.flax_head import HeadSpec
     from irevla.learner.process import serve
-    from irevla.learner.registry import get_algorithm
     from irevla.learner.replay import LatentReplay
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     spec = HeadSpec.from_dict(spec_dict)
-    algorithm = settings.get("algorithm", "sac")
-    entry = get_algorithm(algorithm, where=f"{init / 'learner.yaml'}: algorithm")
-    config = entry.config(settings, str(init / "learner.yaml"))
     snapshot = out / "snapshot"
     if (snapshot / "learner.json").is_file():
         learner = entry.restore(snapshot, spec, config)
