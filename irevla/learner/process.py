@@ -20,7 +20,9 @@ def serve(learner: Learner, server, out: Path, stop, log_every_s: float = 10.0) 
     since_publish = 0
     server.publish_head(*learner.head_message())
     while not stop():
-        for received in server.poll(timeout_ms=5 if learner.updates_allowed() else 50):
+        # With updates to do, take what has arrived and go on (episodes arrive whole, so most polls find nothing:
+        # waiting here would idle the learner between every few updates); with none, wait for an episode.
+        for received in server.poll(timeout_ms=0 if learner.updates_allowed() else 50):
             learner.ingest(received.item, received.actor)
         allowed = min(learner.updates_allowed(), 8)  # keep polling: acks and episodes keep flowing
         for _ in range(allowed):
