@@ -72,16 +72,9 @@ def load_learner_settings(path: str | Path | None):
         if unknown:
             raise ConfigError(f"{path}: unknown key(s) {unknown}: expected only {list(SETTINGS_KEYS)} (the learner "
                               f"parts of a loop config's rl: section)")
-    from irevla.learner.registry import ALGORITHMS, get_algorithm
-
-    where = str(path) if path is not None else "<defaults>"
-    get_algorithm(data.get("algorithm", "sac"), where=f"{where}: algorithm")  # before RLConfig: names the known ones
-    rl = validate_config(data, RLConfig, where)
-    rl.learner.sac.check()
-    # Every algorithm's section that is given is validated (pydantic only, no JAX), not just the chosen one's.
-    for entry in ALGORITHMS.values():
-        if entry.name == rl.algorithm or data.get(entry.section):
-            entry.config(data, where)
+    # RLConfig checks the algorithm against the registry (its error lists the known ones), the SAC settings and the
+    # ppo section (pydantic only, no JAX): the loop config and this file are validated by the same code.
+    rl = validate_config(data, RLConfig, str(path) if path is not None else "<defaults>")
     return rl.algorithm, rl.learner, dict(rl.ppo)
 
 

@@ -455,6 +455,7 @@ def test_tokens_keys_and_addresses(tmp_path, monkeypatch):
         load_token()
     for local in ("tcp://127.0.0.1:5555", "tcp://localhost:5555", "tcp://[::1]:5555", "ipc:///tmp/learner"):
         assert learner_auth(local, TOKEN).token == actor_auth(local, TOKEN).token == TOKEN.encode()
+    # Address strings only: each is refused while parsing, before any socket exists (no traffic leaves loopback).
     for remote in ("tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://192.168.1.10:5555", "tcp://eth0:5555"):
         with pytest.raises(TransportError, match="not loopback: give --curve-secret and --curve-clients"):
             learner_auth(remote, TOKEN)
@@ -467,13 +468,13 @@ def test_tokens_keys_and_addresses(tmp_path, monkeypatch):
     keys = tmp_path / "keys"
     write_keys(keys, ["arm-1"])
     with pytest.raises(TransportError, match="go together"):
-        learner_auth("tcp://0.0.0.0:5555", curve_secret=keys / "learner.key_secret")
+        learner_auth("tcp://127.0.0.1:5555", curve_secret=keys / "learner.key_secret")
     with pytest.raises(TransportError, match="holds no secret key"):
-        actor_auth("tcp://10.0.0.1:5555", curve_server_key=keys / "learner.key", curve_secret=keys / "learner.key")
+        actor_auth("tcp://127.0.0.1:5555", curve_server_key=keys / "learner.key", curve_secret=keys / "learner.key")
     with pytest.raises(TransportError, match="--curve-secret .*nope: not a readable key file"):
-        learner_auth("tcp://0.0.0.0:5555", curve_secret=tmp_path / "nope", curve_clients=keys / "clients")
+        learner_auth("tcp://127.0.0.1:5555", curve_secret=tmp_path / "nope", curve_clients=keys / "clients")
     with pytest.raises(TransportError, match="--curve-clients .*: expected a directory of actor public keys"):
-        learner_auth("tcp://0.0.0.0:5555", curve_secret=keys / "learner.key_secret", curve_clients=tmp_path)
+        learner_auth("tcp://127.0.0.1:5555", curve_secret=keys / "learner.key_secret", curve_clients=tmp_path)
     assert issubclass(TransportError, UserError)  # the CLI prints its message on one line
 
 
