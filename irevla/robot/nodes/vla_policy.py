@@ -173,6 +173,7 @@ class VLAPolicyNode(Node):
         self.get_logger().info(f"policy loaded in {time.monotonic() - begin:.1f} s: {runner.source}")
 
     def _ready(self, runner: PolicyRunner) -> None:
+        core = None
         if self.rl_mode:
             settings = self.config.rl_actor
             actor = LatentActorRunner(runner, settings.latent, explore=settings.explore, seed=settings.seed,
@@ -193,15 +194,18 @@ class VLAPolicyNode(Node):
                               "checkpoint_id": runner.checkpoint_id, "latent": settings.latent,
                               "explore": settings.explore})
                 self.record_cameras = tuple(self.config.cameras.names)
-            self.core = RlActorCore(actor, self.link, max_episode_steps=settings.max_episode_steps,
-                                    report=self.get_logger().error, recorder=recorder)
+            core = RlActorCore(actor, self.link, max_episode_steps=settings.max_episode_steps,
+                               report=self.get_logger().error, recorder=recorder)
             recording = (f"; episodes ({'all' if settings.record_failures else 'successes'}) to "
                          f"{self.episode_store.root}" if recorder is not None else "")
             self.get_logger().info(f"rl_actor: {settings.latent} latents to the learner at "
                                    f"{settings.learner_address} as {settings.actor_id!r}{recording}; call "
                                    "~/start_episode")
             runner = actor
+        # The loader thread publishes the runner before the core: whoever sees the core (the control timer, the
+        # services, a test waiting for readiness) finds the runner it drives already in place.
         self.runner = runner
+        self.core = core
         self._announce()
 
     def _announce(self) -> None:
