@@ -5,6 +5,8 @@ Kept apart from the algorithm files so the CLI and the loop's config validate wi
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from irevla.config import ConfigModel
@@ -45,6 +47,9 @@ class SACConfig(ConfigModel):
                                                            "half in the actor loss (0: plain SACfD)")
     critic_hidden: tuple[int, ...] | None = Field(default=None, description="critic MLP widths (default: the "
                                                                             "actor head's)")
+    critic_token_learner: Literal["shared", "per_critic"] = Field(default="shared", description=(
+        "with token latents: one token learner pools each observation for every critic's MLP (shared), or each "
+        "critic has its own (per_critic, the slower layout kept for comparison); no effect with pooled latents"))
     grad_clip: float = Field(default=10.0, gt=0)
     critic_zero_output: bool = Field(default=True, description=(
         "critics start with a zero output layer: Q = 0 everywhere, so the actor gets no Q-gradient until the "

@@ -14,7 +14,8 @@ inputs and outputs live in (proprio mean/std, action low/high), so the learner n
 
 Two input modes (`HeadSpec.latent`):
 
-* ``tokens`` -- the latent is the VLM's last hidden states (m, d) + mask; the whole head (token learner + MLP) trains.
+* ``tokens`` -- the latent is the VLM's last hidden states (m, d) + mask; the whole head (token learner + MLP) trains
+  (the paper's stage 1); the critics (`CriticEnsemble`) share one token learner of their own by default.
 * ``pooled`` -- the token learner is frozen at its current value and applied once by the actor; the latent is its
   (S * w) output and only the MLP trains. Much less replay memory and compute (see docs/overnight.md).
 """
@@ -120,8 +121,29 @@ class HeadSpec:
         return (low + (np.clip(unit, -1.0, 1.0) + 1.0) * 0.5 * (high - low)).astype(np.float32)
 
 
+class DenseParams(nn.Module):
+    """The parameters of an ``nn.Dense(features)`` on `in_features` inputs (same names, shapes and initialisers),
+    returned instead of applied, for a caller that folds the projection into another product."""
+
+    in_features: int
+    features: int
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.in_features, self.features))
+        return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,))
+
+
 class TokenLearner(nn.Module):
-    """irevla.policy.token_learner.TokenLearner in Flax (same computation, same parameter names)."""
+    """irevla.policy.token_learner.TokenLearner in Flax (same computation, same parameter names).
+
+    Computed in a cheaper but equal order: with S (a few) queries attending over m tokens, the key and value
+    projections of every token (2 x m x w x w multiply-adds per observation) fold into the queries and into the
+    attention-pooled tokens instead (q Wk^T scores the normalised tokens directly; the pooled tokens are projected by
+    Wv once per query), which leaves the input projection as the only m x d x w product. The torch head computes
+    k = x Wk + bk and v = x Wv + bv per token; the results agree to float rounding (tests/learner/
+    test_flax_head_parity.py), and stage 1 trains this token learner many times per update (docs/benchmarks.md).
+    """
 
     width: int
     num_queries: int
@@ -129,21 +151,29 @@ class TokenLearner(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-        batch = tokens.shape[0]
-        heads, head_dim = self.num_heads, self.width // self.num_heads
+        batch, width = tokens.shape[0], self.width
+        heads, head_dim = self.num_heads, width // self.num_heads
         norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, name=name)  # noqa: E731
-        queries = self.param("queries", nn.initializers.normal(0.02), (self.num_queries, self.width))
-        x = norm("input_norm")(nn.Dense(self.width, name="input_proj")(tokens))
-        q = nn.Dense(self.width, name="q_proj")(queries).reshape(1, self.num_queries, heads, head_dim)
-        k = nn.Dense(self.width, name="k_proj")(x).reshape(batch, -1, heads, head_dim)
-        v = nn.Dense(self.width, name="v_proj")(x).reshape(batch, -1, heads, head_dim)
-        scores = jnp.einsum("bqhc,bkhc->bhqk", jnp.broadcast_to(q, (batch, *q.shape[1:])), k) / math.sqrt(head_dim)
-        scores = jnp.where(mask[:, None, None, :], scores, -jnp.inf)
-        weights = jnp.nan_to_num(jax.nn.softmax(scores, axis=-1), nan=0.0)  # an all-padding row pools to 0
-        attended = jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(batch, self.num_queries, self.width)
-        z = queries[None] + nn.Dense(self.width, name="o_proj")(attended)
-        z = z + nn.Dense(self.width, name="fc2")(gelu(nn.Dense(4 * self.width, name="fc1")(norm("mlp_norm")(z))))
-        return norm("output_norm")(z).reshape(batch, self.num_queries * self.width)
+        queries = self.param("queries", nn.initializers.normal(0.02), (self.num_queries, width))
+        x = norm("input_norm")(nn.Dense(width, name="input_proj")(tokens))  # (B, m, w)
+        q = nn.Dense(width, name="q_proj")(queries).reshape(self.num_queries, heads, head_dim)
+        k_kernel, k_bias = DenseParams(width, width, name="k_proj")()
+        v_kernel, v_bias = DenseParams(width, width, name="v_proj")()
+        # scores[b, s, h, k] = q[s, h] . (x[b, k] Wk + bk)[h] = x[b, k] . (Wk_h q[s, h]) + q[s, h] . bk_h: one plain
+        # (B * m, w) x (w, S * h) product (XLA's CPU dots are fastest in this 2-D form, forward and backward)
+        length, rows = tokens.shape[1], self.num_queries * heads
+        q_keys = jnp.einsum("shc,whc->shw", q, k_kernel.reshape(width, heads, head_dim)).reshape(rows, width)
+        q_bias = jnp.einsum("shc,hc->sh", q, k_bias.reshape(heads, head_dim)).reshape(rows)
+        scores = (x.reshape(batch * length, width) @ q_keys.T + q_bias).reshape(batch, length, rows)
+        scores = jnp.where(mask[:, None, :], scores.transpose(0, 2, 1) / math.sqrt(head_dim), -jnp.inf)
+        weights = jnp.nan_to_num(jax.nn.softmax(scores, axis=-1), nan=0.0)  # (B, S*h, m); all padding pools to 0
+        # sum_k a[k] (x[k] Wv + bv) = (sum_k a[k] x[k]) Wv + (sum_k a[k]) bv, per head
+        pooled = jax.lax.batch_matmul(weights, x).reshape(batch, self.num_queries, heads, width)
+        attended = (jnp.einsum("bshw,whc->bshc", pooled, v_kernel.reshape(width, heads, head_dim))
+                    + weights.sum(-1).reshape(batch, self.num_queries, heads, 1) * v_bias.reshape(heads, head_dim))
+        z = queries[None] + nn.Dense(width, name="o_proj")(attended.reshape(batch, self.num_queries, width))
+        z = z + nn.Dense(width, name="fc2")(gelu(nn.Dense(4 * width, name="fc1")(norm("mlp_norm")(z))))
+        return norm("output_norm")(z).reshape(batch, self.num_queries * width)
 
 
 class MLP(nn.Module):
@@ -187,6 +217,62 @@ class FlaxHead(nn.Module):
         if extra is not None:
             parts.append(extra)
         return MLP(tuple(spec.hidden), self.output_dim, spec.layer_norm, name="mlp")(jnp.concatenate(parts, -1))
+
+
+class CriticEnsemble(nn.Module):
+    """``num_critics`` Q heads of the head's structure: (latent, normalised proprio, unit action) -> (N, B, 1).
+
+    Each critic is a token learner + MLP like the actor head, the action joining the MLP's input. With token latents
+    the token learner is either **shared** (one token learner pools each observation once and its output feeds every
+    critic's MLP: SERL's ensembles share one encoder the same way) or **per critic** (N independent token learners, the
+    layout before sharing; kept for comparison). The ensemble is always in the MLPs. With pooled latents there is no
+    token learner and both layouts are the same network.
+
+    Parameters: ``token_learner`` (leaves (N, ...) per critic, unbatched when shared) and ``mlp`` (leaves (N, ...));
+    per critic, critic i is exactly ``FlaxHead(spec, 1)`` with the i-th slice of every leaf, and when shared with the
+    i-th MLP slice and the one token learner -- `critic_head_params` takes that slice.
+    """
+
+    spec: HeadSpec
+    num_critics: int
+    shared_token_learner: bool = True
+
+    @nn.compact
+    def __call__(self, latent: jax.Array, mask: jax.Array | None, proprio_unit: jax.Array,
+                 action: jax.Array) -> jax.Array:
+        spec, count = self.spec, self.num_critics
+        ensemble = {"variable_axes": {"params": 0}, "split_rngs": {"params": True}, "axis_size": count}
+        if spec.latent == "pooled":
+            features, per_critic = latent.astype(jnp.float32), False
+        elif self.shared_token_learner:
+            features = TokenLearner(spec.token_dim, spec.pool_queries, spec.attention_heads,
+                                    name="token_learner")(latent.astype(jnp.float32), mask)
+            per_critic = False
+        else:
+            learners = nn.vmap(TokenLearner, in_axes=None, **ensemble)
+            features = learners(spec.token_dim, spec.pool_queries, spec.attention_heads,
+                                name="token_learner")(latent.astype(jnp.float32), mask)  # (N, B, S * w)
+            per_critic = True
+        parts = [proprio_unit, action] if spec.proprio_dim else [action]
+        if per_critic:
+            x = jnp.concatenate([features, *(jnp.broadcast_to(p, (count, *p.shape)) for p in parts)], -1)
+        else:
+            x = jnp.concatenate([features, *parts], -1)
+        mlps = nn.vmap(MLP, in_axes=0 if per_critic else None, **ensemble)
+        return mlps(tuple(spec.hidden), 1, spec.layer_norm, name="mlp")(x)
+
+
+def critic_head_params(critic_params: Mapping[str, Any], index: int) -> dict:
+    """Critic `index` of a `CriticEnsemble`'s parameters as one `FlaxHead(spec, 1)` tree (its MLP slice; its own or
+    the shared token learner), e.g. to read it with torch names via `state_from_params`."""
+    def take(tree, batched: bool):
+        return jax.tree.map(lambda leaf: leaf[index] if batched else leaf, tree)
+
+    head = {"mlp": take(critic_params["mlp"], True)}
+    if "token_learner" in critic_params:
+        queries = critic_params["token_learner"]["queries"]
+        head["token_learner"] = take(critic_params["token_learner"], queries.ndim == 3)
+    return head
 
 
 # ------------------------------------------------------------------------------------------ torch names <-> tree

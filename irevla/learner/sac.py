@@ -6,7 +6,8 @@ The design is SERL's (``serl_launcher/agents/continuous/sac.py``) written out wi
   ``a = tanh(mu + std * eps)``. The deployed policy is the mean ``tanh(mu)`` -- exactly what the torch VLA computes
   from the same parameters, which go back to it unchanged (`actor_state`).
 * **critics** = an ensemble of ``num_critics`` fresh heads of the same structure with the action as an extra input and
-  one output (`nn.vmap`, independent initialisations), LayerNorm MLPs; Polyak-averaged targets.
+  one output (`CriticEnsemble`: independent MLPs; with token latents one token learner shared by all of them, as SERL's
+  ensembles share one encoder, or one per critic), LayerNorm MLPs; Polyak-averaged targets.
 * **REDQ**: the TD target takes the minimum over a random subset of ``critic_subsample`` target critics; the actor
   maximises the mean over all critics.
 * **high update-to-data ratio**: one `update` call draws ``utd`` minibatches and runs ``utd`` critic steps in a
@@ -29,14 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from irevla.learner.config import LearnerConfig, SACConfig
-from irevla.learner.flax_head import FlaxHead, HeadSpec, check_tree_matches, params_from_state, state_from_params
+from irevla.learner.flax_head import (
+    CriticEnsemble,
+    FlaxHead,
+    HeadSpec,
+    check_tree_matches,
+    params_from_state,
+    state_from_params,
+)
 from irevla.learner.learner import EpisodeData, Learner, load_state_arrays, save_state_arrays
 from irevla.learner.replay import LatentReplay
 
@@ -76,9 +83,8 @@ class SACAgent:
         self.actor = FlaxHead(spec, output_dim=spec.action_dim)
         critic_spec = spec if config.critic_hidden is None else HeadSpec(
             **{**spec.__dict__, "hidden": tuple(config.critic_hidden)})
-        critic = nn.vmap(FlaxHead, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=None, axis_size=config.num_critics)
-        self.critics = critic(critic_spec, output_dim=1)
+        self.critics = CriticEnsemble(critic_spec, config.num_critics,
+                                      shared_token_learner=config.critic_token_learner == "shared")
         self.target_entropy = (config.target_entropy if config.target_entropy is not None
                                else -self.action_dim / 2.0)
         clip = optax.clip_by_global_norm(config.grad_clip)

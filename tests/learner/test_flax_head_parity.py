@@ -11,7 +11,14 @@ pytest.importorskip("flax")
 
 from policy_factory import tiny_policy  # noqa: E402
 
-from irevla.learner.flax_head import FlaxHead, HeadSpec, params_from_state, state_from_params  # noqa: E402
+from irevla.learner.flax_head import (  # noqa: E402
+    CriticEnsemble,
+    FlaxHead,
+    HeadSpec,
+    critic_head_params,
+    params_from_state,
+    state_from_params,
+)
 
 
 def _torch_inputs(policy, batch=5, seed=0):
@@ -41,6 +48,60 @@ def test_flax_head_matches_torch_head(pool_queries, layer_norm):
     mu = head.apply({"params": params}, tokens.numpy(), mask.numpy(), spec.proprio_to_unit(proprio.numpy()))
     np.testing.assert_allclose(np.tanh(np.asarray(mu)), expected, atol=1e-5, rtol=0)
     assert np.isfinite(np.asarray(mu)).all()
+
+
+def _perturbed_critics(spec, token_learner, tokens, mask, proprio_unit, action, count=3):
+    """A `CriticEnsemble`'s parameters, every leaf moved off its initial value (so no bias or scale is trivial)."""
+    import jax
+
+    ensemble = CriticEnsemble(spec, count, shared_token_learner=token_learner == "shared")
+    params = ensemble.init(jax.random.PRNGKey(0), tokens, mask, proprio_unit, action)["params"]
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda leaf: leaf + 0.05 * rng.normal(size=leaf.shape).astype(np.float32), params)
+    return ensemble, params
+
+
+@pytest.mark.parametrize("token_learner", ["shared", "per_critic"])
+def test_each_critic_of_the_ensemble_is_the_torch_critic_head(token_learner):
+    """Critic i of the JAX ensemble, read out with torch names (`critic_head_params` + `state_from_params`), loads
+    into the torch head's `critic_like()` and computes the same Q -- in both layouts of the critic token learner."""
+    policy = tiny_policy(pool_queries=2)
+    spec = HeadSpec.from_policy(policy)
+    tokens, mask, proprio = _torch_inputs(policy)
+    action = torch.rand(len(tokens), spec.action_dim, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    proprio_unit = spec.proprio_to_unit(proprio.numpy())
+    ensemble, params = _perturbed_critics(spec, token_learner, tokens.numpy(), mask.numpy(), proprio_unit,
+                                          action.numpy())
+    q = np.asarray(ensemble.apply({"params": params}, tokens.numpy(), mask.numpy(), proprio_unit, action.numpy()))
+    assert q.shape == (3, len(tokens), 1) and np.isfinite(q).all()
+    queries = params["token_learner"]["queries"]
+    assert queries.shape == ((2, spec.token_dim) if token_learner == "shared" else (3, 2, spec.token_dim))
+    critic = policy.head.critic_like()
+    for index in range(3):
+        state = state_from_params(critic_head_params(params, index))
+        critic.load_state_dict({name: torch.from_numpy(array) for name, array in state.items()})
+        with torch.no_grad():
+            expected = critic(tokens, mask, policy.normalizer.proprio_to_unit(proprio), action)[:, 0].numpy()
+        np.testing.assert_allclose(q[index, :, 0], expected, atol=1e-5, rtol=0)
+    assert np.abs(q[0] - q[1]).max() > 1e-3  # the critics are different functions
+
+
+def test_shared_token_learner_equals_per_critic_learners_that_are_all_the_same():
+    import jax
+
+    policy = tiny_policy()
+    spec = HeadSpec.from_policy(policy)
+    tokens, mask, proprio = (t.numpy() for t in _torch_inputs(policy))
+    action = np.random.default_rng(3).uniform(-1, 1, (len(tokens), spec.action_dim)).astype(np.float32)
+    proprio_unit = spec.proprio_to_unit(proprio)
+    shared, params = _perturbed_critics(spec, "shared", tokens, mask, proprio_unit, action)
+    copied = {"mlp": params["mlp"],
+              "token_learner": jax.tree.map(lambda leaf: np.broadcast_to(leaf, (3, *leaf.shape)),
+                                            params["token_learner"])}
+    per_critic = CriticEnsemble(spec, 3, shared_token_learner=False)
+    np.testing.assert_allclose(per_critic.apply({"params": copied}, tokens, mask, proprio_unit, action),
+                               shared.apply({"params": params}, tokens, mask, proprio_unit, action),
+                               atol=1e-6, rtol=0)
 
 
 def test_names_round_trip_both_ways():
