@@ -89,7 +89,8 @@ class RLConfig(ConfigModel):
                                                       "the paper's real-robot method) or ppo (simulation comparison)")
     latent: Literal["pooled", "tokens"] = Field(default="pooled", description="what the replay stores: the token "
                                                                               "learner's output (head MLP trains) "
-                                                                              "or all VLM tokens (whole head trains)")
+                                                                              "or all VLM tokens (whole head trains, "
+                                                                              "the paper's stage 1)")
     demo_rollouts: int = Field(default=20, ge=0, description="successful rollouts of the current VLA that seed the "
                                                              "demo buffer before exploring (the paper: 20)")
     demo_rollout_attempts: int = Field(default=60, ge=0, description="give up collecting them after this many tries")
