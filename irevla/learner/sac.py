@@ -256,7 +256,7 @@ def sac_state_from_arrays(template: SACState, arrays: Mapping[str, np.ndarray], 
         if value.shape != np.shape(leaf):
             hint = ("; the critics' token learner layout differs (sac.critic_token_learner: shared has one, "
                     "per_critic one per critic; snapshots from before the critics shared one are per_critic)"
-                    if "critic" in name and "token_learner" in name else "")
+                    if "critic" in name and "token_learner" in name and value.ndim != np.ndim(leaf) else "")
             raise ValueError(f"{where}: learner state array {name!r}: expected shape {np.shape(leaf)}, got "
                              f"{value.shape}{hint}")
         leaves.append(jnp.asarray(value, dtype=jnp.asarray(leaf).dtype))

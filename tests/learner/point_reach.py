@@ -6,8 +6,8 @@ moves the point by 0.15 * action. Success = within 0.12 of the goal (reward 1, e
 
 `TokenPointReach` is the same task seen as a VLM's hidden states: m tokens of width d, of which one carries the goal
 (a fixed projection of it plus that slot's own embedding), the others are fresh noise every step, and the last one
-is padding (mask false, filled with large values that must not leak into the pooled vector). Only a token learner
-that learns to attend to the goal token can solve it (the position is in proprio).
+is padding (mask false) that looks like the goal token of a random decoy goal, so a mask that leaked would mislead.
+The goal reaches the head only through its token learner (the position is in proprio).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class PointReach:
         return np.clip(delta, -1, 1).astype(np.float32)
 
 
-TOKENS = 6  # one goal token, four noise tokens, one padding token
+TOKENS = 6  # one goal token, four noise tokens, one padding token (a decoy)
 TOKEN_DIM = 16
 NOISE = 0.3  # of the non-goal tokens, around their slot embeddings
 
@@ -81,7 +81,9 @@ class TokenPointReach(PointReach):
     def observe(self) -> tuple[np.ndarray, np.ndarray]:
         tokens = self.slot_embedding + NOISE * self.rng.normal(size=(TOKENS, TOKEN_DIM))
         tokens[self.goal_slot] = self.slot_embedding[self.goal_slot] + np.tanh(self.goal @ self.goal_projection) * 2
-        tokens[-1] = 1e3  # padding: masked out
+        # Padding (masked out) made to look like the goal token of another goal: attending to it would mislead.
+        decoy = self.rng.uniform(-0.8, 0.8, 2)
+        tokens[-1] = self.slot_embedding[self.goal_slot] + np.tanh(decoy @ self.goal_projection) * 2
         return tokens.astype(np.float16), self.position.astype(np.float32).copy()
 
 

@@ -56,6 +56,12 @@ def _perturbed_critics(spec, token_learner, tokens, mask, proprio_unit, action, 
 
     ensemble = CriticEnsemble(spec, count, shared_token_learner=token_learner == "shared")
     params = ensemble.init(jax.random.PRNGKey(0), tokens, mask, proprio_unit, action)["params"]
+    # Independent initialisations: every critic's MLP (and per critic, its token learner) starts elsewhere.
+    first_layer = np.asarray(params["mlp"]["linear0"]["kernel"])
+    assert not np.allclose(first_layer[0], first_layer[1])
+    if token_learner == "per_critic":
+        queries = np.asarray(params["token_learner"]["queries"])
+        assert not np.allclose(queries[0], queries[1])
     rng = np.random.default_rng(1)
     params = jax.tree.map(lambda leaf: leaf + 0.05 * rng.normal(size=leaf.shape).astype(np.float32), params)
     return ensemble, params
@@ -83,7 +89,6 @@ def test_each_critic_of_the_ensemble_is_the_torch_critic_head(token_learner):
         with torch.no_grad():
             expected = critic(tokens, mask, policy.normalizer.proprio_to_unit(proprio), action)[:, 0].numpy()
         np.testing.assert_allclose(q[index, :, 0], expected, atol=1e-5, rtol=0)
-    assert np.abs(q[0] - q[1]).max() > 1e-3  # the critics are different functions
 
 
 def test_shared_token_learner_equals_per_critic_learners_that_are_all_the_same():
@@ -102,6 +107,39 @@ def test_shared_token_learner_equals_per_critic_learners_that_are_all_the_same()
     np.testing.assert_allclose(per_critic.apply({"params": copied}, tokens, mask, proprio_unit, action),
                                shared.apply({"params": params}, tokens, mask, proprio_unit, action),
                                atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("pool_queries", [1, 3])
+def test_token_learner_gradients_match_torch(pool_queries):
+    """The Flax token learner computes the torch one's function in another order (key/value projections folded into
+    the queries and the pooled tokens); its parameter gradients must be torch's too, padding and an all-padding row
+    included (no NaN through the masked softmax)."""
+    import jax
+
+    from irevla.learner.flax_head import TokenLearner
+
+    policy = tiny_policy(pool_queries=pool_queries)
+    spec = HeadSpec.from_policy(policy)
+    tokens, mask, _ = _torch_inputs(policy)
+    torch_learner = policy.head.token_learner
+    with torch.no_grad():
+        for parameter in torch_learner.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    weights = torch.randn(len(tokens), pool_queries * spec.token_dim, generator=torch.Generator().manual_seed(5))
+    (torch_learner(tokens, mask) * weights).sum().backward()
+    expected = {name: parameter.grad.numpy() for name, parameter in torch_learner.named_parameters()}
+
+    params = params_from_state({name[len("token_learner."):]: tensor for name, tensor in policy.head_state().items()
+                                if name.startswith("token_learner.")})
+    module = TokenLearner(spec.token_dim, spec.pool_queries, spec.attention_heads)
+    grads = jax.grad(lambda p: (module.apply({"params": p}, tokens.numpy(), mask.numpy())
+                                * weights.numpy()).sum())(params)
+    got = state_from_params(grads)  # the same transposes as for parameters
+    assert sorted(got) == sorted(expected)
+    for name, gradient in expected.items():
+        assert np.isfinite(got[name]).all(), name
+        np.testing.assert_allclose(got[name], gradient, atol=1e-4, rtol=1e-3, err_msg=name)
+        assert np.abs(gradient).max() > 0, name  # every parameter is trained
 
 
 def test_names_round_trip_both_ways():
