@@ -116,17 +116,24 @@ def filled_buffers(spec, rng, transitions: int):
     return buffers
 
 
-def bench_updates(spec, utd: int, repeats: int, critics: int = CRITICS, batch: int = BATCH,
-                  critic_hidden: tuple[int, ...] | None = None, layout: str = "shared") -> dict:
+def sac_trainer(spec, config):
+    """(agent, `SACTrainer`) for `config`, on two buffers of 4000 random transitions each."""
     import numpy as np
 
-    from irevla.learner.sac import SACAgent, SACConfig, SACTrainer
+    from irevla.learner.sac import SACAgent, SACTrainer
 
+    agent = SACAgent(spec, config)
     rng = np.random.default_rng(0)
-    agent = SACAgent(spec, SACConfig(num_critics=critics, batch_size=batch, utd=utd, critic_hidden=critic_hidden,
-                                     critic_token_learner=layout))
     demo, online = filled_buffers(spec, rng, 4000)
-    trainer = SACTrainer(agent, agent.init(None), demo, online, rng)
+    return agent, SACTrainer(agent, agent.init(None), demo, online, rng)
+
+
+def bench_updates(spec, utd: int, repeats: int, critics: int = CRITICS, batch: int = BATCH,
+                  critic_hidden: tuple[int, ...] | None = None, layout: str = "shared") -> dict:
+    from irevla.learner.sac import SACConfig
+
+    _, trainer = sac_trainer(spec, SACConfig(num_critics=critics, batch_size=batch, utd=utd,
+                                             critic_hidden=critic_hidden, critic_token_learner=layout))
     start = time.perf_counter()
     trainer.step()  # compiles
     compile_s = time.perf_counter() - start
@@ -209,20 +216,12 @@ def profile_update(spec, utd: int, repeats: int, layout: str = "shared") -> dict
     """Where one `SACTrainer.step()` on token latents goes: numpy sampling, host -> device transfer, the jitted
     update (of which: token learners, predicted from their measured pass time x the passes an update makes), and how
     many times the update compiled."""
-    import numpy as np
-
     from irevla.learner.flax_head import HeadSpec
-    from irevla.learner.sac import SACAgent, SACConfig, SACTrainer, _batch_arrays
+    from irevla.learner.sac import BATCH_KEYS as keys
+    from irevla.learner.sac import SACConfig, _batch_arrays
 
-    def build(head_spec):
-        agent = SACAgent(head_spec, SACConfig(num_critics=CRITICS, batch_size=BATCH, utd=utd,
-                                              critic_token_learner=layout))
-        rng = np.random.default_rng(0)
-        demo, online = filled_buffers(head_spec, rng, 4000)
-        return agent, SACTrainer(agent, agent.init(None), demo, online, rng)
-
-    keys = ("latent", "mask", "proprio", "action", "reward", "terminal", "next_latent", "next_mask", "next_proprio")
-    agent, trainer = build(spec)
+    config = SACConfig(num_critics=CRITICS, batch_size=BATCH, utd=utd, critic_token_learner=layout)
+    agent, trainer = sac_trainer(spec, config)
     batches, demo_count = trainer.sample()
     arrays = _block(_batch_arrays(batches, keys))
     state = _block(agent._jitted_update(trainer.state, arrays, demo_count)[0])  # compiles
@@ -233,7 +232,7 @@ def profile_update(spec, utd: int, repeats: int, layout: str = "shared") -> dict
     compiles = agent._jitted_update._cache_size()
     # The same update without token learners: a pooled head of the same MLPs (its input is the token learner's
     # output size), so the difference is what the token learners cost inside the update.
-    pooled_agent, pooled_trainer = build(HeadSpec(**{**spec.__dict__, "latent": "pooled"}))
+    pooled_agent, pooled_trainer = sac_trainer(HeadSpec(**{**spec.__dict__, "latent": "pooled"}), config)
     pooled_batches, pooled_demo = pooled_trainer.sample()
     pooled_arrays = _block(_batch_arrays(pooled_batches, keys))
     pooled_state = _block(pooled_agent._jitted_update(pooled_trainer.state, pooled_arrays, pooled_demo)[0])

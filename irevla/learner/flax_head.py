@@ -211,12 +211,16 @@ class FlaxHead(nn.Module):
                                   name="token_learner")(latent.astype(jnp.float32), mask)
         else:
             pooled = latent.astype(jnp.float32)
-        parts = [pooled]
-        if spec.proprio_dim:
-            parts.append(proprio_unit)
-        if extra is not None:
-            parts.append(extra)
-        return MLP(tuple(spec.hidden), self.output_dim, spec.layer_norm, name="mlp")(jnp.concatenate(parts, -1))
+        return MLP(tuple(spec.hidden), self.output_dim, spec.layer_norm, name="mlp")(
+            mlp_input(spec, pooled, proprio_unit, extra))
+
+
+def mlp_input(spec: HeadSpec, pooled: jax.Array, proprio_unit: jax.Array, extra: jax.Array | None) -> jax.Array:
+    """The head MLP's input: concat(pooled, proprio (if the head uses it), extra (a critic's action)). `pooled` may
+    carry leading ensemble axes (N, B, S * w); proprio and extra (B, ...) are broadcast to them."""
+    parts = ([proprio_unit] if spec.proprio_dim else []) + ([] if extra is None else [extra])
+    lead = pooled.shape[:-1]
+    return jnp.concatenate([pooled, *(jnp.broadcast_to(p, (*lead, p.shape[-1])) for p in parts)], -1)
 
 
 class CriticEnsemble(nn.Module):
@@ -253,13 +257,9 @@ class CriticEnsemble(nn.Module):
             features = learners(spec.token_dim, spec.pool_queries, spec.attention_heads,
                                 name="token_learner")(latent.astype(jnp.float32), mask)  # (N, B, S * w)
             per_critic = True
-        parts = [proprio_unit, action] if spec.proprio_dim else [action]
-        if per_critic:
-            x = jnp.concatenate([features, *(jnp.broadcast_to(p, (count, *p.shape)) for p in parts)], -1)
-        else:
-            x = jnp.concatenate([features, *parts], -1)
         mlps = nn.vmap(MLP, in_axes=0 if per_critic else None, **ensemble)
-        return mlps(tuple(spec.hidden), 1, spec.layer_norm, name="mlp")(x)
+        return mlps(tuple(spec.hidden), 1, spec.layer_norm, name="mlp")(mlp_input(spec, features, proprio_unit,
+                                                                                  action))
 
 
 def critic_head_params(critic_params: Mapping[str, Any], index: int) -> dict:

@@ -48,6 +48,8 @@ from irevla.learner.learner import EpisodeData, Learner, load_state_arrays, save
 from irevla.learner.replay import LatentReplay
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
+# What an update reads from a sampled batch (masks only with token latents).
+BATCH_KEYS = ("latent", "mask", "proprio", "action", "reward", "terminal", "next_latent", "next_mask", "next_proprio")
 EPS = 1e-6
 
 
@@ -217,8 +219,7 @@ class SACAgent:
 
     def update(self, state: SACState, batches: Mapping[str, np.ndarray], demo_count: int) -> tuple[SACState, dict]:
         """One SAC update from (utd, B, ...) arrays whose first `demo_count` rows per minibatch are demo data."""
-        arrays = _batch_arrays(batches, ("latent", "mask", "proprio", "action", "reward", "terminal",
-                                         "next_latent", "next_mask", "next_proprio"))
+        arrays = _batch_arrays(batches, BATCH_KEYS)
         # demo_count is the same for every update of a run, so this compiles once.
         return self._jitted_update(state, arrays, int(demo_count))
 
