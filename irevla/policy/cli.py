@@ -47,7 +47,8 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     from irevla.policy.sft import run_sft
 
     result = run_sft(config, resume=args.resume, stop_after=args.stop_after, log=None if args.quiet else print)
-    print(result.format())
+    if result.process_index == 0:  # under accelerate launch, every process returns; the first one reports
+        print(result.format())
     return 0
 
 

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from irevla.config import ConfigModel
 
-BackboneKind = Literal["blip2", "qwen2_vl"]
+BackboneKind = Literal["blip2", "paligemma", "smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 BackboneTraining = Literal["lora", "full", "frozen"]
 
 
@@ -32,7 +32,9 @@ class BackboneConfig(ConfigModel):
     downloaded: a hub name instead of a directory is an error.
     """
 
-    kind: BackboneKind = Field(default="blip2", description="blip2 (the paper's) or qwen2_vl")
+    kind: BackboneKind = Field(default="blip2", description="the model family: blip2 (the paper's), paligemma "
+                                                            "(PaliGemma 1/2), smolvlm (SmolVLM/SmolVLM2), qwen2_vl, "
+                                                            "qwen2_5_vl or qwen3_vl (docs/policy.md, Backbones)")
     pretrained: str | None = Field(default=None, description="local model directory; unset: random weights")
     image_size: int = Field(default=64, ge=16, le=1024, description="square side the backbone sees; camera images "
                                                                     "are resized to it")
@@ -48,6 +50,11 @@ class BackboneConfig(ConfigModel):
     prompt: str = Field(default="{instruction}", description="text given to the language model; {instruction} is "
                                                             "replaced by the task's instruction")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="backbone weight dtype")
+    attention: Literal["sdpa", "eager"] = Field(default="sdpa", description="attention kernels: torch's "
+                                                                            "scaled_dot_product_attention (fused "
+                                                                            "on a GPU) where the model supports "
+                                                                            "it (Gemma 2 does not: eager there), "
+                                                                            "or transformers' eager code")
     preset: str | None = Field(default=None, description="a named real-size architecture with random weights "
                                                          "(irevla.policy.presets, e.g. blip2-opt-2.7b) instead of "
                                                          "the size fields; for benchmarks")
@@ -61,7 +68,7 @@ class BackboneConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _sizes_fit(self) -> BackboneConfig:
-        if self.pretrained is None:
+        if self.pretrained is None and self.preset is None:  # a preset's sizes come from its own config
             if self.image_size % self.patch_size:
                 raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
             if self.hidden_size % self.heads or self.vision_hidden_size % self.heads:
@@ -169,6 +176,9 @@ class SFTTrainConfig(ConfigModel):
     seed: int = 0
     threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: torch's choice)")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(default="no", description="autocast on a GPU")
+    gradient_checkpointing: bool = Field(default=False, description="recompute the backbone's activations in the "
+                                                                    "backward pass: less memory for a real-size "
+                                                                    "VLM, ~30 % more compute, same gradients")
     tensorboard: bool = Field(default=True, description="also write TensorBoard events to <out>/tensorboard")
 
     @model_validator(mode="after")
@@ -194,4 +204,4 @@ class SFTConfig(ConfigModel):
 # Keys that may change between a run and its resumption: they do not change what is computed.
 RESUMABLE_KEYS = frozenset({"train.steps", "train.eval_every", "train.val_batches", "train.checkpoint_every",
                             "train.log_every", "train.threads", "train.tensorboard", "data.num_workers", "out",
-                            "train.grad_accumulation"})
+                            "train.grad_accumulation", "train.gradient_checkpointing"})

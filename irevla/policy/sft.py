@@ -37,7 +37,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, default_collate
 
-from irevla.atomic_io import new_temp_directory, replace_directory
+from irevla.atomic_io import atomic_write_bytes, new_temp_directory, replace_directory
 from irevla.config import ConfigError, dump_config
 from irevla.data.split import split_by_episode
 from irevla.data.stats import compute_stats
@@ -68,6 +68,7 @@ class SFTResult:
     samples_per_second: float
     train_episodes: int
     val_episodes: int
+    process_index: int = 0  # under `accelerate launch`: which process returned this (only 0 saves and reports)
 
     def format(self) -> str:
         val = f"{self.val_loss:.4f}" if self.val_loss is not None else "n/a"
@@ -142,6 +143,55 @@ class StepBatches:
             indices = (batch_indices(step, self.batch_size, self.n_samples, self.seed) if self.weights is None
                        else weighted_batch_indices(step, self.batch_size, self.weights, self.seed))
             yield indices[self.rank::self.world]
+
+
+class ProcessRecord:
+    """What one process of a multi-process (``accelerate launch``) run trained on, and the weights it ended with.
+
+    Each process writes ``<out>/processes/rank-<k>.json``: the number of samples it trained on, a sha256 over their
+    (episode, step) ids in order, the first 64 of them, and a sha256 of its final weights. After training every
+    process compares the weight hashes: data parallelism must leave identical replicas, and a run whose processes
+    disagree stops with an error instead of saving one of them."""
+
+    FIRST = 64
+
+    def __init__(self, rank: int, world: int) -> None:
+        import hashlib
+
+        self.rank, self.world = rank, world
+        self.samples = 0
+        self.first: list[list[int]] = []
+        self._digest = hashlib.sha256()
+
+    def saw(self, episodes: torch.Tensor, steps: torch.Tensor) -> None:
+        ids = torch.stack([torch.as_tensor(episodes), torch.as_tensor(steps)], dim=1).long()
+        self._digest.update(ids.numpy().astype("<i8").tobytes())
+        self.samples += len(ids)
+        self.first.extend(ids[:max(0, self.FIRST - len(self.first))].tolist())
+
+    @staticmethod
+    def weights_sha256(policy: VLAPolicy) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(policy.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def check_same_weights(self, out: Path, policy: VLAPolicy, accelerator) -> None:
+        directory = out / "processes"
+        directory.mkdir(parents=True, exist_ok=True)
+        record = {"process_index": self.rank, "num_processes": self.world, "samples": self.samples,
+                  "samples_sha256": self._digest.hexdigest(), "first_samples": self.first,
+                  "weights_sha256": self.weights_sha256(policy)}
+        atomic_write_bytes(directory / f"rank-{self.rank}.json", json.dumps(record, indent=1).encode())
+        accelerator.wait_for_everyone()
+        hashes = {rank: json.loads((directory / f"rank-{rank}.json").read_text())["weights_sha256"]
+                  for rank in range(self.world)}
+        if len(set(hashes.values())) != 1:
+            raise RuntimeError(f"{directory}: the {self.world} processes ended with different weights "
+                               f"({hashes}); data-parallel replicas must stay identical -- nothing was saved")
 
 
 def learning_rate_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
@@ -421,6 +471,8 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
 
     accelerator = Accelerator(mixed_precision=train_config.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
+    if not main:
+        say = lambda message: None  # noqa: E731 (one process speaks for a multi-process run)
     train_infos, val_infos = load_episodes(config)
     if resume:
         policy, trainer_state = read_last(out)
@@ -430,6 +482,8 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
         if main:
             out.mkdir(parents=True, exist_ok=True)
             dump_config(config, out / "config.yaml")
+    if train_config.gradient_checkpointing:
+        policy.backbone.enable_gradient_checkpointing()
     data = make_datasets(config, policy, train_infos, val_infos)
     say(f"SFT: {len(data.train)} train samples ({len(data.train_episodes)} episodes), "
         f"{len(data.val) if data.val else 0} val samples ({len(data.val_episodes)} episodes); {policy.describe()}")
@@ -453,6 +507,8 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
                                                                weights),
                          num_workers=config.data.num_workers, collate_fn=default_collate)
     metrics = MetricsLog(out, start_step, train_config.tensorboard) if main else None
+    processes = ProcessRecord(accelerator.process_index, accelerator.num_processes) \
+        if accelerator.num_processes > 1 else None
     info_base = {"stage": "sft", "data_dirs": list(config.data.dirs), "train_episodes": len(data.train_episodes),
                  "tasks": sorted({i.task.name for i in data.train.infos}),
                  "instructions": sorted({i.instruction for i in data.train.infos})}
@@ -476,6 +532,8 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
         grad_norm = float(accelerator.clip_grad_norm_(list(policy.parameters()), train_config.grad_clip))
         optimizer.step()
         running_loss.append(float(loss.detach()))
+        if processes is not None:
+            processes.saw(batch["episode"], batch["step"])
         samples_since_log += len(batch["instruction"]) * accelerator.num_processes
         done = step + 1
         if main and (done % train_config.log_every == 0 or done == stop):
@@ -502,6 +560,8 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
         accelerator.wait_for_everyone()
     elapsed = time.perf_counter() - start_time
     final_step = max(step + 1, start_step) if stop > start_step else start_step
+    if processes is not None:
+        processes.check_same_weights(out, policy, accelerator)
     policy_dir = out / "policy"
     checkpoint_id = ""
     if main:
@@ -514,7 +574,8 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
                        steps=final_step, train_loss=loss_value if math.isfinite(loss_value) else None,
                        val_loss=val_loss, seconds=elapsed,
                        samples_per_second=(final_step - start_step) * train_config.batch_size / max(elapsed, 1e-9),
-                       train_episodes=len(data.train_episodes), val_episodes=len(data.val_episodes))
+                       train_episodes=len(data.train_episodes), val_episodes=len(data.val_episodes),
+                       process_index=accelerator.process_index)
     if main:
         (out / "summary.json").write_text(json.dumps(asdict(result), indent=1))
     for dataset in filter(None, (data.train, data.val)):

@@ -1,19 +1,15 @@
 """Backbone adapters: real transformers models (tiny, random weights) -> fixed-length TokenSequence latents."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
 from policy_factory import tiny_config
 
-from irevla.policy.backbones import build_backbone
-from irevla.policy.backbones.qwen2_vl import patchify
-from irevla.policy.config import BackboneConfig
+from irevla.policy.backbones import KINDS, build_backbone
+from irevla.policy.backbones.qwen_vl import patchify
 from irevla.policy.images import random_shift
 from irevla.policy.tokenizer import ByteTokenizer
-
-KINDS = ("blip2", "qwen2_vl")
 
 
 def _images(batch, cameras=1, size=32, seed=0):
@@ -118,33 +114,3 @@ def test_random_shift_moves_content_and_keeps_dtype():
     assert random_shift(image, 0, torch.Generator()) is image
     moved = [tuple(torch.nonzero(shifted[i, :, :, 0]).tolist()[0]) for i in range(2)]
     assert all(abs(y - 8) <= 3 and abs(x - 8) <= 3 for y, x in moved)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_pretrained_models_load_from_a_local_directory_only(tmp_path, kind):
-    """`pretrained` = a save_pretrained directory with its own tokenizer; nothing is fetched from a hub."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    torch.manual_seed(0)
-    source = build_backbone(tiny_config(kind).backbone)
-    source.model.save_pretrained(tmp_path)
-    words = ["<pad>", "<s>", "</s>", "<unk>", "push", "left", "right"]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
-
-    config = BackboneConfig(kind=kind, pretrained=str(tmp_path), image_size=32, max_text_tokens=6)
-    loaded = build_backbone(config)
-    assert loaded.image_mean == (0.5, 0.5, 0.5)
-    for name, tensor in source.model.state_dict().items():
-        torch.testing.assert_close(loaded.model.state_dict()[name], tensor)
-    with torch.no_grad():
-        latent = loaded.encode(_images(2), ["push left", "push right now"])
-    assert latent.tokens.shape[1] == loaded.latent_length(1)
-    assert latent.mask[:, -6:].sum(1).tolist() == [2, 3]  # word-level tokens, padded to 6
-
-    with pytest.raises(FileNotFoundError, match="never downloads"):
-        build_backbone(BackboneConfig(kind=kind, pretrained="Salesforce/blip2-opt-2.7b"))

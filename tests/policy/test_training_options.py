@@ -12,7 +12,6 @@ from irevla.policy.config import SFTConfig
 from irevla.policy.errors import CheckpointError
 from irevla.policy.images import color_jitter
 from irevla.policy.sft import expert_flags, load_episodes, masked_loss, run_sft, sample_weights, weighted_batch_indices
-from irevla.policy.vla import VLAPolicy
 from irevla.spec import Observation
 
 
@@ -188,20 +187,3 @@ def test_sft_validation_loss_falls_well_below_the_predict_the_mean_baseline(data
     baseline = float(((val - train.mean(dim=0)) ** 2).mean())
     # Measured: baseline 0.464, val loss 0.026 after 100 steps (ratio 0.056); asserted with margin: ratio < 0.25.
     assert result.val_loss < 0.25 * baseline, (result.val_loss, baseline)
-
-
-# -------------------------------------------------------------------------------------------------------- presets
-def test_the_blip2_opt_2_7b_preset_has_the_real_size_built_on_the_meta_device():
-    from irevla.policy.backbones import build_backbone
-    from irevla.policy.presets import preset_backbone_config
-
-    config = preset_backbone_config("blip2-opt-2.7b")
-    with torch.device("meta"):  # no memory: shapes only
-        backbone = build_backbone(config)
-    n = sum(p.numel() for p in backbone.parameters())
-    assert 3.7e9 < n < 3.8e9  # 3 744 679 936, as Salesforce/blip2-opt-2.7b
-    assert backbone.hidden_size == 2560 and backbone.image_tokens_per_camera() == 32
-    assert backbone.model.config.vision_config.hidden_size == 1408
-    with pytest.raises(ValueError, match="preset"):
-        preset_backbone_config("no-such-model")
-    assert isinstance(VLAPolicy, type)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from policy_factory import IMAGE, tiny_policy
 
-from irevla.policy.backbones import TokenSequence
+from irevla.policy.backbones import KINDS, TokenSequence
 from irevla.policy.config import LoraSettings
 from irevla.spec import Action, ContractError, Observation
 
@@ -16,7 +16,7 @@ def _observation(seed=0, instruction="push left", cameras=("front",), size=IMAGE
                        proprio=rng.uniform(-1, 1, proprio).astype(np.float32), instruction=instruction)
 
 
-@pytest.fixture(scope="module", params=("blip2", "qwen2_vl"))
+@pytest.fixture(scope="module", params=KINDS)
 def policy(request):
     return tiny_policy(request.param)
 
@@ -109,7 +109,7 @@ def test_lora_on_all_layers_reaches_the_vision_encoder():
         tiny_policy("blip2", training="frozen").add_lora(LoraSettings(targets=("nothing_here",)))
 
 
-@pytest.mark.parametrize("kind", ("blip2", "qwen2_vl"))
+@pytest.mark.parametrize("kind", KINDS)
 def test_merging_lora_keeps_the_function_and_removes_the_adapters(kind):
     policy = tiny_policy(kind, training="lora")
     with torch.no_grad():

@@ -1,25 +1,30 @@
-"""Backbone adapters: any transformers VLM -> `TokenSequence` latents (see `base`). Registry by config ``kind``."""
+"""Backbone adapters: transformers VLMs -> `TokenSequence` latents (see `base`). Registry by config ``kind``.
+
+BLIP-2 has its own adapter (``blip2.py``: Q-Former queries spliced in as embeddings); every other family goes
+through the generic image-text-to-text adapter (``image_text.py``) with a small hook file per family.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
 from irevla.policy.backbones.base import BackboneAdapter, TokenSequence
 from irevla.policy.config import BackboneConfig
 
+_ADAPTERS = {"blip2": ("blip2", "Blip2Adapter"), "paligemma": ("paligemma", "PaliGemmaAdapter"),
+             "smolvlm": ("smolvlm", "SmolVLMAdapter"), "qwen2_vl": ("qwen_vl", "Qwen2VLAdapter"),
+             "qwen2_5_vl": ("qwen_vl", "Qwen2_5_VLAdapter"), "qwen3_vl": ("qwen_vl", "Qwen3VLAdapter")}
+KINDS = tuple(_ADAPTERS)
+
 
 def adapter_class(kind: str) -> type[BackboneAdapter]:
     """The adapter of a backbone kind; imported on demand (each pulls in its transformers model code)."""
-    if kind == "blip2":
-        from irevla.policy.backbones.blip2 import Blip2Adapter
-
-        return Blip2Adapter
-    if kind == "qwen2_vl":
-        from irevla.policy.backbones.qwen2_vl import Qwen2VLAdapter
-
-        return Qwen2VLAdapter
-    raise ValueError(f"backbone.kind: expected 'blip2' or 'qwen2_vl', got {kind!r}")
+    if kind not in _ADAPTERS:
+        raise ValueError(f"backbone.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    module, name = _ADAPTERS[kind]
+    return getattr(importlib.import_module(f"irevla.policy.backbones.{module}"), name)
 
 
 def build_backbone(config: BackboneConfig, hf_config: Mapping[str, Any] | None = None) -> BackboneAdapter:
@@ -27,4 +32,4 @@ def build_backbone(config: BackboneConfig, hf_config: Mapping[str, Any] | None =
     return adapter_class(config.kind).create(config, hf_config)
 
 
-__all__ = ["BackboneAdapter", "TokenSequence", "adapter_class", "build_backbone"]
+__all__ = ["KINDS", "BackboneAdapter", "TokenSequence", "adapter_class", "build_backbone"]

@@ -15,17 +15,16 @@ replay buffers store latents of one shape.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from irevla.errors import MissingFileError
+from irevla.errors import one_line
+from irevla.policy.backbones.snapshot import SnapshotError, check_loading_info, check_snapshot, read_json
 from irevla.policy.config import BackboneConfig
 from irevla.policy.images import CLIP_MEAN, CLIP_STD
 from irevla.policy.tokenizer import ByteTokenizer, HFTextTokenizer, TextTokenizer
@@ -81,40 +80,77 @@ class BackboneAdapter(nn.Module, ABC):
         """Random weights from `hf_config` (a saved model config) or from the size fields; or load `pretrained`."""
         if config.pretrained is not None:
             return cls.from_pretrained(config)
+        model = cls.new_model(cls.random_hf_config(config, hf_config), config.attention)
+        cls.initialize_random_weights(model)
+        return cls(config, model.to(DTYPES[config.dtype]), ByteTokenizer(config.max_text_tokens),
+                   *cls.default_image_statistics())
+
+    @classmethod
+    def random_hf_config(cls, config: BackboneConfig, hf_config: Mapping[str, Any] | None = None):
+        """The transformers config of a random-weight model: `hf_config` (a checkpoint's), the preset, or tiny."""
         if hf_config is not None:
-            hf = cls.config_class.from_dict(dict(hf_config))
-        elif config.preset is not None:
+            return cls.hf_config_from_dict(dict(hf_config))
+        if config.preset is not None:
             from irevla.policy.presets import preset_hf_config
 
-            hf = preset_hf_config(config.preset, cls.kind)
-        else:
-            hf = cls.tiny_hf_config(config)
-        model = cls.model_class(hf)
-        cls.initialize_random_weights(model)
-        return cls(config, model.to(DTYPES[config.dtype]), ByteTokenizer(config.max_text_tokens))
+            return preset_hf_config(config.preset, cls.kind)
+        return cls.tiny_hf_config(config)
+
+    @classmethod
+    def hf_config_from_dict(cls, data: dict[str, Any]):
+        return cls.config_class.from_dict(data)
+
+    @classmethod
+    def new_model(cls, hf_config, attention: str = "sdpa") -> nn.Module:
+        """The transformers model of `hf_config` with random weights (on the current default device: ``meta``
+        inside ``torch.device("meta")``, which is how parameter counts of real-size presets are taken)."""
+        if attention == "eager":  # "sdpa" is transformers' default where a model supports it (Gemma 2 does not)
+            hf_config._attn_implementation = "eager"
+        return cls.model_class(hf_config)
+
+    @classmethod
+    def default_image_statistics(cls) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) the family normalises images with when the snapshot has no preprocessor_config.json."""
+        return CLIP_MEAN, CLIP_STD
 
     @classmethod
     def initialize_random_weights(cls, model: nn.Module) -> None:
         """Fix-ups for models trained from scratch (transformers initialises some weights for loading only)."""
 
+    model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values this adapter loads
+
+    @classmethod
+    def pretrained_class(cls) -> type:
+        return cls.model_class
+
     @classmethod
     def from_pretrained(cls, config: BackboneConfig) -> BackboneAdapter:
-        path = Path(config.pretrained)
-        if not (path / "config.json").is_file():
-            raise MissingFileError(f"{path}: backbone.pretrained must be a local model directory with config.json "
-                                   f"and *.safetensors (irevla never downloads models)")
+        """Load a local snapshot (see `irevla.policy.backbones.snapshot`): checked first, so a missing file, another
+        family's model or weights that do not fit config.json are errors naming the file. Nothing downloads."""
         from transformers import AutoTokenizer
 
-        model = cls.model_class.from_pretrained(path, dtype=DTYPES[config.dtype], local_files_only=True,
-                                                use_safetensors=True)
-        tokenizer = HFTextTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True),
-                                    config.max_text_tokens)
-        mean, std = CLIP_MEAN, CLIP_STD
-        processor_file = path / "preprocessor_config.json"
+        snapshot = check_snapshot(config.pretrained, config.kind, cls.model_types or (cls.kind,))
+        try:
+            model, info = cls.pretrained_class().from_pretrained(
+                snapshot.path, dtype=DTYPES[config.dtype], local_files_only=True, use_safetensors=True,
+                output_loading_info=True, ignore_mismatched_sizes=True,
+                **({"attn_implementation": "eager"} if config.attention == "eager" else {}))
+        except (OSError, ValueError) as exc:
+            raise SnapshotError(f"{snapshot.path}: transformers could not load the model: {one_line(exc)}") from None
+        check_loading_info(snapshot, info)
+        try:
+            hf_tokenizer = AutoTokenizer.from_pretrained(snapshot.path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise SnapshotError(f"{snapshot.path}: the tokenizer files do not load: {one_line(exc)}") from None
+        mean, std = cls.default_image_statistics()
+        processor_file = snapshot.path / "preprocessor_config.json"
         if processor_file.is_file():
-            processor = json.loads(processor_file.read_text())
+            processor = read_json(processor_file)
             mean, std = processor.get("image_mean", mean), processor.get("image_std", std)
-        return cls(config, model, tokenizer, mean, std)
+            if len(mean) != 3 or len(std) != 3:
+                raise SnapshotError(f"{processor_file}: fields 'image_mean'/'image_std': expected 3 values each "
+                                    f"(RGB), got {mean} / {std}")
+        return cls(config, model, HFTextTokenizer(hf_tokenizer, config.max_text_tokens), mean, std)
 
     @classmethod
     @abstractmethod
@@ -151,6 +187,11 @@ class BackboneAdapter(nn.Module, ABC):
 
     def prompts(self, instructions: Sequence[str]) -> list[str]:
         return [self.config.prompt.format(instruction=text) for text in instructions]
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass (transformers' checkpointing, non-reentrant: it works with
+        frozen base weights and LoRA, where no input of a layer needs a gradient)."""
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @property
     def device(self) -> torch.device:

@@ -32,6 +32,7 @@ _VISION_LAYERS = (r"vision_model\..*\.(qkv|projection|fc1|fc2)",
 
 class Blip2Adapter(BackboneAdapter):
     kind = "blip2"
+    model_types = ("blip-2",)
     model_class = Blip2ForConditionalGeneration
     config_class = Blip2Config
 
