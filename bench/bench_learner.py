@@ -116,24 +116,25 @@ def filled_buffers(spec, rng, transitions: int):
     return buffers
 
 
-def sac_trainer(spec, config):
-    """(agent, `SACTrainer`) for `config`, on two buffers of 4000 random transitions each."""
+def sac_trainer(spec, config, transitions: int = 4000):
+    """(agent, `SACTrainer`) for `config`, on two buffers of `transitions` random transitions each."""
     import numpy as np
 
     from irevla.learner.sac import SACAgent, SACTrainer
 
     agent = SACAgent(spec, config)
     rng = np.random.default_rng(0)
-    demo, online = filled_buffers(spec, rng, 4000)
+    demo, online = filled_buffers(spec, rng, transitions)
     return agent, SACTrainer(agent, agent.init(None), demo, online, rng)
 
 
 def bench_updates(spec, utd: int, repeats: int, critics: int = CRITICS, batch: int = BATCH,
-                  critic_hidden: tuple[int, ...] | None = None, layout: str = "shared") -> dict:
+                  critic_hidden: tuple[int, ...] | None = None, layout: str = "shared",
+                  transitions: int = 4000) -> dict:
     from irevla.learner.sac import SACConfig
 
     _, trainer = sac_trainer(spec, SACConfig(num_critics=critics, batch_size=batch, utd=utd,
-                                             critic_hidden=critic_hidden, critic_token_learner=layout))
+                                             critic_hidden=critic_hidden, critic_token_learner=layout), transitions)
     start = time.perf_counter()
     trainer.step()  # compiles
     compile_s = time.perf_counter() - start

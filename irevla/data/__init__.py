@@ -10,22 +10,26 @@ Modules (the torch Dataset is imported on its own so the rest works without torc
 * `irevla.data.torch_dataset` -- `EpisodeStepDataset` (imports torch)
 """
 
-from irevla.data.episode import Episode, EpisodeBuilder
-from irevla.data.episode_file import (
-    EpisodeFormatError,
-    EpisodeInfo,
-    FrameReader,
-    cleanup_stale_temp,
-    read_episode,
-    read_info,
-    write_episode_file,
-)
-from irevla.data.split import split_by_episode
-from irevla.data.stats import ArrayStats, DatasetStats, compute_stats
-from irevla.data.store import EpisodeCollection, EpisodeStore, check_directories, format_summary
+from __future__ import annotations
 
-__all__ = [
-    "ArrayStats", "DatasetStats", "Episode", "EpisodeBuilder", "EpisodeCollection", "EpisodeFormatError",
-    "EpisodeInfo", "EpisodeStore", "FrameReader", "check_directories", "cleanup_stale_temp", "compute_stats",
-    "format_summary", "read_episode", "read_info", "split_by_episode", "write_episode_file",
-]
+import importlib
+from typing import Any
+
+# Names are imported on first use (PEP 562): importing one submodule -- irevla.data.stats, which the policy needs --
+# does not pull in h5py with the episode file format (a GPU image that only runs the policy has no h5py).
+_SOURCES = {
+    "Episode": "episode", "EpisodeBuilder": "episode",
+    "EpisodeFormatError": "episode_file", "EpisodeInfo": "episode_file", "FrameReader": "episode_file",
+    "cleanup_stale_temp": "episode_file", "read_episode": "episode_file", "read_info": "episode_file",
+    "write_episode_file": "episode_file",
+    "split_by_episode": "split",
+    "ArrayStats": "stats", "DatasetStats": "stats", "compute_stats": "stats",
+    "EpisodeCollection": "store", "EpisodeStore": "store", "check_directories": "store", "format_summary": "store",
+}
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'irevla.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"irevla.data.{_SOURCES[name]}"), name)

@@ -25,7 +25,6 @@ import numpy as np
 
 from irevla.atomic_io import atomic_write_text
 from irevla.data.episode import Episode
-from irevla.data.episode_file import read_lowdim
 from irevla.spec import ContractError
 
 STATS_FORMAT = "irevla-stats"
@@ -141,6 +140,8 @@ def compute_stats(episodes: Sequence[Any]) -> DatasetStats:
             episode_actions, episode_proprio = item.actions, item.proprio
         else:
             path = Path(getattr(item, "path", item))
+            from irevla.data.episode_file import read_lowdim  # h5py: only when reading episode files
+
             info, arrays = read_lowdim(path)
             task, where = info.task, str(path)
             episode_actions, episode_proprio = arrays["actions"], arrays["proprio"]

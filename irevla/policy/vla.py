@@ -229,13 +229,27 @@ class VLAPolicy(nn.Module):
                          self.normalizer.proprio_to_unit(proprio.to(self.device)))
         return self.normalizer.action_from_unit(unit)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, images: Mapping[str, torch.Tensor], instructions: Sequence[str],
                 proprio: torch.Tensor) -> torch.Tensor:
-        """Env-unit actions (B, chunk, A), clipped to the ActionSpec; eval mode, no gradients."""
+        """Env-unit actions (B, chunk, A), clipped to the ActionSpec; eval mode, inference mode (no autograd
+        bookkeeping at all: the frozen path of `act`)."""
         with self.evaluating():
             images = {camera: tensor.to(self.device) for camera, tensor in images.items()}
             return self.normalizer.action_from_unit(self.forward(images, instructions, proprio.to(self.device)))
+
+    def compile(self, mode: str | None = None, backend: str = "inductor", dynamic: bool = False) -> list[str]:
+        """`torch.compile` the inference path in place: the backbone modules `encode` runs through
+        (`BackboneAdapter.compile_targets`) and the head. ``dynamic=False`` specialises on shapes, which are fixed
+        per batch size (latents have a fixed length): the first call of each batch size compiles, later calls
+        replay. Weights and state-dict names are unchanged. Returns the compiled modules' names.
+
+        ``mode="reduce-overhead"`` adds CUDA graphs on a GPU; ``backend="eager"`` only traces (a CPU check that the
+        path compiles without graph breaks in the wrong places, without generating code)."""
+        targets = {**self.backbone.compile_targets(), "head": self.head}
+        for module in targets.values():
+            module.compile(mode=mode, backend=backend, dynamic=dynamic)
+        return list(targets)
 
     # ---------------------------------------------------------------------------------------------- contract
     def observations_to_batch(self, observations: Sequence[Observation]

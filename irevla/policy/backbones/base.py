@@ -188,6 +188,10 @@ class BackboneAdapter(nn.Module, ABC):
     def prompts(self, instructions: Sequence[str]) -> list[str]:
         return [self.config.prompt.format(instruction=text) for text in instructions]
 
+    def compile_targets(self) -> dict[str, nn.Module]:
+        """The modules `encode` spends its time in, by name, for `torch.compile` (`VLAPolicy.compile`)."""
+        return {"model.model": self.model.model}
+
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass (transformers' checkpointing, non-reentrant: it works with
         frozen base weights and LoRA, where no input of a layer needs a gradient)."""

@@ -65,6 +65,10 @@ class Blip2Adapter(BackboneAdapter):
         with torch.no_grad():
             model.query_tokens.normal_(0.0, model.config.qformer_config.initializer_range)
 
+    def compile_targets(self) -> dict[str, nn.Module]:
+        return {"model.vision_model": self.model.vision_model, "model.qformer": self.model.qformer,
+                "model.language_model.base_model": self.model.language_model.base_model}
+
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.text_config.hidden_size)
