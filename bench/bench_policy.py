@@ -2,7 +2,7 @@
 
 **CPU table** (the default; `make bench`):
 
-    python bench/bench_policy.py [--kinds blip2 qwen2_vl] [--image-size 64] [--threads 1] [--repeats 20]
+    python bench/bench_policy.py [--kinds blip2 qwen2_vl ...] [--image-size 64] [--threads 1] [--repeats 20]
                                  [--out bench/results/policy.json]
 
 Per backbone kind, with the small random-weight models the tests and the simulated demo use (config/sft.yaml's
@@ -78,6 +78,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from irevla.data.stats import stats_from_arrays
+from irevla.policy.backbones import KINDS
 from irevla.policy.checkpoint import load_policy, save_policy
 from irevla.policy.config import BackboneConfig, PolicyConfig
 from irevla.policy.images import random_shift
@@ -726,7 +727,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kinds", nargs="+", default=["blip2", "qwen2_vl"], choices=("blip2", "qwen2_vl"),
+    parser.add_argument("--kinds", nargs="+", default=["blip2", "qwen2_vl"], choices=KINDS,
                         help="CPU table: backbone kinds; attempts mode with the tiny preset: the first one")
     parser.add_argument("--image-size", type=int, default=None,
                         help="camera image side (default 64; with a preset, the preset's input size); the tiny "

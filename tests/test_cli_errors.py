@@ -87,6 +87,10 @@ CASES = [
      "safetensors: content hash"),
     ("policy-info-missing", "policy info {w}/no_policy", "no_policy: policy checkpoint directory not found"),
     ("policy-info-corrupt", "policy info {w}/corrupt_policy", "safetensors: content hash"),
+    ("policy-check-snapshot-missing", "policy check-snapshot {w}/no_snapshot --kind smolvlm",
+     "no_snapshot: backbone.pretrained must be a local model directory"),
+    ("policy-check-snapshot-hub-name", "policy check-snapshot Qwen/Qwen2.5-VL-3B-Instruct --kind qwen2_5_vl",
+     "irevla never downloads models"),
     ("policy-eval-corrupt", "policy eval {w}/corrupt_policy --tasks button-press-v3 --episodes 1",
      "safetensors: content hash"),
     ("calibrate-board-unknown-key", "calibrate board --config {w}/calibration_unknown_key.yaml --out {w}/board.png",
@@ -184,9 +188,9 @@ def test_every_subcommand_has_a_case():
 
     commands = {" ".join(leaf) for leaf in leaves(build_parser(), ())}
     covered = {command for command in commands for _, template, _ in CASES if template.startswith(command + " ")}
-    # `sim list` takes no input a user can get wrong beyond argparse's own checks (exit 2, usage); `data check`
-    # reports bad input as findings (exit 1), see its own test below.
-    assert commands - covered == {"sim list", "data check"}
+    # `sim list` and `policy backbones` take no input a user can get wrong beyond argparse's own checks (exit 2,
+    # usage); `data check` reports bad input as findings (exit 1), see its own test below.
+    assert commands - covered == {"sim list", "policy backbones", "data check"}
 
 
 def test_argparse_mistakes_exit_2_with_usage(capsys):

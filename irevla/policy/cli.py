@@ -123,6 +123,78 @@ def _cmd_policy_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def preset_table() -> list[dict]:
+    """One row per preset, built on the meta device (no memory, no weights): kind, parameters (counted and
+    published), bf16 weight memory, native image size, latent tokens per camera and width."""
+    import torch
+
+    from irevla.policy.backbones import build_backbone
+    from irevla.policy.presets import PRESETS, preset_backbone_config
+
+    rows = []
+    for name, (kind, _, _, published) in PRESETS.items():
+        config = preset_backbone_config(name)
+        with torch.device("meta"):
+            backbone = build_backbone(config)
+        parameters = sum(p.numel() for p in backbone.parameters())
+        rows.append({"preset": name, "kind": kind, "parameters": parameters, "published_parameters": published,
+                     "bf16_weights_gb": parameters * 2 / 1e9, "image_size": config.image_size,
+                     "tokens_per_camera": backbone.image_tokens_per_camera(), "width": backbone.hidden_size})
+    return rows
+
+
+def _cmd_policy_backbones(args: argparse.Namespace) -> int:
+    from irevla.policy.backbones import KINDS
+
+    rows = preset_table()
+    if args.json:
+        print(json.dumps({"kinds": list(KINDS), "presets": rows}, indent=1))
+        return 0
+    print(f"backbone kinds: {', '.join(KINDS)}  (backbone.kind; docs/policy.md, Backbones)")
+    print("real-size presets (backbone.preset: random weights, for GPU benchmarks; counted on the meta device):")
+    print(f"  {'preset':22s} {'kind':11s} {'parameters':>15s} {'bf16 weights':>13s} {'image':>6s} "
+          f"{'tokens/camera':>14s} {'width':>6s}")
+    for row in rows:
+        print(f"  {row['preset']:22s} {row['kind']:11s} {row['parameters']:>15,d} "
+              f"{row['bf16_weights_gb']:>10.2f} GB {row['image_size']:>6d} {row['tokens_per_camera']:>14d} "
+              f"{row['width']:>6d}")
+    print("latent length = cameras x tokens/camera + backbone.max_text_tokens; GPU latency and memory: "
+          "python bench/gpu_check.py")
+    return 0
+
+
+def _cmd_policy_check_snapshot(args: argparse.Namespace) -> int:
+    """Load a downloaded snapshot the way a policy will, on the CPU, and encode one image with it."""
+    import time
+
+    import torch
+
+    from irevla.policy.backbones import build_backbone
+    from irevla.policy.config import BackboneConfig
+
+    config = BackboneConfig(kind=args.kind, pretrained=args.directory, dtype=args.dtype,
+                            **({"image_size": args.image_size} if args.image_size else {}))
+    start = time.perf_counter()
+    backbone = build_backbone(config).eval()
+    loaded_s = time.perf_counter() - start
+    size = backbone.model_image_size() if hasattr(backbone, "model_image_size") else config.image_size
+    with torch.inference_mode():
+        latent = backbone.encode([torch.zeros(1, size, size, 3, dtype=torch.uint8)], ["pick up the red block"])
+    if not torch.isfinite(latent.tokens).all():
+        raise FloatingPointError(f"{args.directory}: the model's hidden states are not finite (corrupt weights?)")
+    parameters = sum(p.numel() for p in backbone.parameters())
+    tokenizer = getattr(backbone.tokenizer, "tokenizer", backbone.tokenizer)
+    print(f"snapshot     {args.directory}: a {args.kind} model ({type(backbone.model).__name__}), loaded in "
+          f"{loaded_s:.1f} s")
+    print(f"parameters   {parameters:,d} ({args.dtype})")
+    print(f"tokenizer    {type(tokenizer).__name__}; instructions padded to {backbone.tokenizer.max_tokens} tokens")
+    print(f"images       {size} px, mean {backbone.image_mean}, std {backbone.image_std}")
+    print(f"latent       {tuple(latent.tokens.shape[1:])} per observation with one camera "
+          f"({backbone.image_tokens_per_camera()} image tokens + {backbone.tokenizer.max_tokens} text tokens)")
+    print("ok: set policy.backbone.kind and policy.backbone.pretrained to use it")
+    return 0
+
+
 def add_policy_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``irevla policy info|eval`` to the main parser's subcommands."""
     policy = subparsers.add_parser("policy", help="inspect or evaluate a policy checkpoint",
@@ -154,4 +226,23 @@ def add_policy_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     evaluate.add_argument("--threads", type=int, help="torch CPU threads")
     evaluate.add_argument("--quiet", action="store_true", help="print only the table")
     evaluate.set_defaults(func=_cmd_policy_eval)
+
+    backbones = commands.add_parser(
+        "backbones", help="the VLM families and real-size presets irevla supports",
+        description="List the backbone kinds and the real-size presets: parameters, bf16 weight memory, native "
+                    "image size, latent tokens per camera and width (counted on the meta device: no memory).")
+    backbones.add_argument("--json", action="store_true")
+    backbones.set_defaults(func=_cmd_policy_backbones)
+
+    snapshot = commands.add_parser(
+        "check-snapshot", help="check a downloaded model snapshot loads and encodes (CPU)",
+        description="Check a local model snapshot (config.json, safetensors shards + index, tokenizer, processor "
+                    "files) the way a policy loads it: every file, the family, the weights against config.json, "
+                    "then one image encoded on the CPU. Nothing is downloaded.")
+    snapshot.add_argument("directory", help="the snapshot directory (e.g. models/paligemma2-3b-pt-224)")
+    snapshot.add_argument("--kind", required=True, help="backbone kind: blip2, paligemma, smolvlm, qwen2_vl, "
+                                                        "qwen2_5_vl or qwen3_vl")
+    snapshot.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
+    snapshot.add_argument("--image-size", type=int, help="backbone.image_size (Qwen: a multiple of 28 or 32)")
+    snapshot.set_defaults(func=_cmd_policy_check_snapshot)
     return policy

@@ -159,3 +159,4 @@ def preset_backbone_config(name: str, **overrides: Any) -> BackboneConfig:
 def published_parameters(name: str) -> int:
     """The parameter count published for preset `name`'s model (see `PRESETS`)."""
     return PRESETS[name][3]
+

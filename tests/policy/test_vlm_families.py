@@ -258,3 +258,80 @@ def test_gradient_checkpointing_gives_the_same_gradients(kind):
     assert plain.keys() == checkpointed.keys() and any(".lora_" in name for name in plain)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def _one_layer_deep(name):
+    """Preset `name`'s transformers config with every stack cut to one layer: the real widths, heads, KV heads,
+    vocabulary, patch and image sizes, in a model small enough to act on a CPU."""
+    from irevla.policy.presets import preset_hf_config
+
+    hf = preset_hf_config(name, PRESETS[name][0])
+    hf.get_text_config().num_hidden_layers = 1
+    if getattr(hf.get_text_config(), "layer_types", None):
+        hf.get_text_config().layer_types = hf.get_text_config().layer_types[:1]
+    vision = hf.vision_config
+    for field in ("num_hidden_layers", "depth"):
+        if hasattr(vision, field):
+            setattr(vision, field, 1)
+    if hasattr(vision, "fullatt_block_indexes"):
+        vision.fullatt_block_indexes = [0]
+    if hasattr(vision, "deepstack_visual_indexes"):
+        vision.deepstack_visual_indexes = [0]
+    if hasattr(hf, "qformer_config"):
+        hf.qformer_config.num_hidden_layers = 1
+    return hf.to_dict()
+
+
+@pytest.mark.parametrize("name", ["blip2-opt-2.7b", "smolvlm2-500m", "qwen3-vl-2b"])
+def test_real_width_presets_act_at_their_native_image_size(name):
+    """The presets' real shapes (not only their parameter counts) go through encode and the head: one layer deep,
+    bf16, at the native image size. (All six were run this way once by hand; these three are the cheap ones.)"""
+    from policy_factory import make_episode, make_task
+
+    from irevla.data.stats import compute_stats
+    from irevla.policy.config import PolicyConfig
+    from irevla.policy.vla import VLAPolicy
+    from irevla.spec import METAWORLD_PROPRIO, ActionSpec, ObservationSpec
+
+    config = PolicyConfig(backbone=preset_backbone_config(name, dtype="bfloat16"), backbone_training="frozen")
+    size = config.backbone.image_size
+    torch.manual_seed(0)
+    backbone = build_backbone(config.backbone, _one_layer_deep(name))
+    stats = compute_stats([make_episode(s, make_task()) for s in range(2)])
+    policy = VLAPolicy(config, backbone, ActionSpec.metaworld(), ObservationSpec({"front": (size, size)},
+                                                                                 METAWORLD_PROPRIO), stats).eval()
+    rng = np.random.default_rng(0)
+    observation = Observation(images={"front": rng.integers(0, 256, (size, size, 3), dtype=np.uint8)},
+                              proprio=np.zeros(4, np.float32), instruction="press the button")
+    action = policy.act(observation)
+    assert np.isfinite(action.values).all()
+    with torch.inference_mode():
+        latent = policy.encode({"front": torch.from_numpy(observation.images["front"])[None]}, ["press the button"])
+    assert latent.tokens.shape == (1, *policy.latent_shape) and latent.tokens.dtype == torch.bfloat16
+    assert policy.latent_shape[1] == {"blip2-opt-2.7b": 2560, "smolvlm2-500m": 960, "qwen3-vl-2b": 2048}[name]
+
+
+def test_compiled_policy_acts_exactly_like_the_eager_one():
+    policy = tiny_policy("qwen2_5_vl", training="frozen")
+    observation = _observation(seed=5)
+    eager = policy.act(observation).values
+    assert set(policy.compile(backend="eager")) == {"model.model", "head"}
+    np.testing.assert_array_equal(policy.act(observation).values, eager)
+
+
+def test_the_cli_checks_a_downloaded_snapshot_and_lists_the_presets(tmp_path, capsys):
+    from irevla.cli import main
+
+    make_snapshot(tmp_path / "smol", "smolvlm")
+    assert main(["policy", "check-snapshot", str(tmp_path / "smol"), "--kind", "smolvlm"]) == 0
+    out = capsys.readouterr().out
+    assert "a smolvlm model (SmolVLMForConditionalGeneration)" in out and "ok: set policy.backbone.kind" in out
+    assert "mean (0.25, 0.5, 0.75)" in out
+    (tmp_path / "smol" / "tokenizer.json").unlink()
+    assert main(["policy", "check-snapshot", str(tmp_path / "smol"), "--kind", "smolvlm"]) == 2
+    assert "tokenizer.json: missing" in capsys.readouterr().err
+    assert main(["policy", "backbones", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {row["preset"] for row in listed["presets"]} == set(PRESETS)
+    assert all(row["parameters"] == row["published_parameters"] or row["preset"] == "blip2-opt-2.7b"
+               for row in listed["presets"])

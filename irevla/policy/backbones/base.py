@@ -4,11 +4,15 @@ A VLA is "VLM backbone + action head". The head only ever sees `TokenSequence` -
 h (B, m, d) and a mask of the real tokens -- so any VLM that can produce them plugs in by subclassing
 `BackboneAdapter`:
 
-* `build_model(config)` -- a transformers model with random weights from the size fields (tests, CPU runs);
+* `tiny_hf_config(config)` -- a transformers config of a small random-weight model from the size fields (tests, CPU
+  runs); real-size architectures come from `irevla.policy.presets`;
 * `encode(images, instructions)` -- uint8 images (one (B, H, W, 3) tensor per camera) + strings -> TokenSequence;
-* `lora_target_patterns(which)` -- module-name regexes that LoRA adapts (``language`` or ``all``).
+* `lora_target_patterns(which)` -- module-name regexes that LoRA adapts (``language`` or ``all``);
+* `compile_targets()` -- the modules `encode` spends its time in (`VLAPolicy.compile`).
 
-Pretrained models load from a local directory (``from_pretrained(path)``, safetensors only); nothing downloads.
+Most families need only the hooks of the generic adapter (`image_text.ImageTextAdapter`). Pretrained models load
+from a local snapshot (`from_pretrained`, checked first by `snapshot.check_snapshot`; safetensors only); nothing
+downloads.
 The latent length m is fixed per configuration (image tokens per camera x cameras + ``max_text_tokens``), so RL
 replay buffers store latents of one shape.
 """
@@ -195,7 +199,7 @@ class BackboneAdapter(nn.Module, ABC):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass (transformers' checkpointing, non-reentrant: it works with
         frozen base weights and LoRA, where no input of a layer needs a gradient)."""
-        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
     @property
     def device(self) -> torch.device:

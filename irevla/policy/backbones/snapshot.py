@@ -1,6 +1,6 @@
 """A local model snapshot, checked before transformers reads it: every problem is an error that names the file.
 
-A snapshot is the directory the model hub's ``snapshot_download`` (or ``huggingface-cli download``) leaves, or what
+A snapshot is the directory the model hub's ``snapshot_download`` (or ``hf download``) leaves, or what
 ``save_pretrained`` writes::
 
     config.json                          the model's transformers config (``model_type`` says its family)
@@ -84,7 +84,7 @@ def check_snapshot(directory: str | Path, kind: str, model_types: tuple[str, ...
     if not path.is_dir():
         raise MissingFileError(f"{path}: backbone.pretrained must be a local model directory (config.json, "
                                f"*.safetensors, tokenizer files); irevla never downloads models -- download the "
-                               f"snapshot first (e.g. `huggingface-cli download <repo> --local-dir {path}`)")
+                               f"snapshot first (e.g. `hf download <repo> --local-dir {path}`)")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise MissingFileError(f"{config_file}: missing (backbone.pretrained must be a local model directory with "
