@@ -96,20 +96,23 @@ def tiny_vla():
 
 
 def filled_buffers(spec, rng, transitions: int):
-    """Demo and online `LatentReplay`s holding `transitions` random transitions each (20-step episodes)."""
+    """Demo and online `LatentReplay`s holding `transitions` random transitions each (20-step episodes). The latents
+    cycle through 8 random episode blocks: what is stored does not change the timing, and drawing fresh normals for
+    real-size token latents (PaliGemma's 288 x 2304) would take minutes."""
     import numpy as np
 
     from irevla.learner.replay import LatentReplay
 
+    steps = 20
+    blocks = [rng.normal(size=(steps + 1, *spec.latent_shape)).astype(np.float16) for _ in range(8)]
     buffers = []
     for _ in range(2):
         replay = LatentReplay(transitions + transitions // 20 + 1, spec.latent_shape, spec.proprio_dim,
                               spec.action_dim, with_mask=spec.latent == "tokens")
-        steps = 20
-        for _ in range(transitions // steps):
-            latents = rng.normal(size=(steps + 1, *spec.latent_shape)).astype(np.float16)
+        for episode in range(transitions // steps):
             masks = np.ones((steps + 1, spec.latent_length), bool) if spec.latent == "tokens" else None
-            replay.add_episode(latents, masks, rng.normal(size=(steps + 1, spec.proprio_dim)).astype(np.float32),
+            replay.add_episode(blocks[episode % len(blocks)], masks,
+                               rng.normal(size=(steps + 1, spec.proprio_dim)).astype(np.float32),
                                rng.uniform(-1, 1, (steps, spec.action_dim)).astype(np.float32),
                                success=bool(rng.integers(2)))
         buffers.append(replay)

@@ -37,9 +37,11 @@ import argparse
 import contextlib
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -64,7 +66,7 @@ REQUIRED = {"torch": "torch", "jax": "jax", "flax": "flax", "optax": "optax", "t
 INSTRUCTION = "press the button"
 CAMERA = "front"
 # Seconds a phase is expected to need on one GPU; a phase starts only if it fits in what is left of the budget.
-ESTIMATE_S = {"eager": 40.0, "learner": 60.0, "compiled": 100.0}
+ESTIMATE_S = {"eager": 40.0, "learner": 90.0, "compiled": 120.0}
 # Tiny sizes for --dry-run (one per family, as the tests build them).
 TINY = dict(image_size=32, patch_size=8, vision_hidden_size=32, hidden_size=64, heads=4, vision_layers=1, layers=2,
             num_query_tokens=4, max_text_tokens=24)
@@ -72,11 +74,14 @@ TINY = dict(image_size=32, patch_size=8, vision_hidden_size=32, hidden_size=64, 
 
 # ---------------------------------------------------------------------------------------------- environment
 def missing_modules() -> list[str]:
+    """Packages that are not installed, found without importing them (JAX reads its platform flags at import)."""
     missing = []
     for module in REQUIRED:
         try:
-            importlib.import_module(module)
+            found = importlib.util.find_spec(module) is not None
         except ImportError:
+            found = False
+        if not found:
             missing.append(module)
     return missing
 
@@ -112,21 +117,39 @@ class Report:
         self.markdown.write_text(markdown(self.data))
 
 
+class OutOfTime(Exception):
+    """Raised inside a phase when the budget runs out (SIGALRM): the phase is recorded as timed out."""
+
+
+def _out_of_time(signum, frame):
+    raise OutOfTime("the time budget ran out during this phase")
+
+
 def phase(report: Report, record: dict, name: str, started: float, budget_s: float,
           body: Callable[[], dict]) -> dict | None:
-    """Run `body` unless it would start past the budget; record its result, skip reason or error under `name`."""
+    """Run `body` unless it would start past the budget; record its result, skip reason or error under `name`.
+    A phase still running when the budget ends is interrupted (an alarm), so the whole run keeps to the budget
+    (plus writing the report)."""
     elapsed = time.perf_counter() - started
     if elapsed + ESTIMATE_S.get(name, 30.0) > budget_s:
         record[name] = {"status": "skipped", "reason": f"{elapsed:.0f} s of the {budget_s:.0f} s budget used"}
         report.write()
         return None
+    previous = signal.signal(signal.SIGALRM, _out_of_time)
+    signal.alarm(max(1, int(budget_s - elapsed)))
     try:
         result = body()
         record[name] = {"status": "ok", **result}
+    except OutOfTime as exc:
+        record[name] = {"status": "timed_out", "reason": str(exc)}
+        print(f"  {name}: out of time", flush=True)
     except Exception as exc:  # noqa: BLE001 (a failing phase is recorded, the run goes on)
         record[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}",
                         "traceback": traceback.format_exc(limit=6)}
         print(f"  {name}: {type(exc).__name__}: {exc}", flush=True)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     report.write()
     return record[name] if record[name]["status"] == "ok" else None
 
@@ -168,7 +191,9 @@ def markdown(data: dict) -> str:
     if learner.get("status") == "ok":
         lines += ["", f"Stage-1 learner (JAX on {learner['jax_devices']}): batch {learner['batch']}, "
                   f"{learner['critics']} critics, utd {learner['utd']} (goal >= {GOAL_UPDATES_PER_S:.0f} updates/s "
-                  f"on pooled latents).", "",
+                  f"on pooled latents). Pooled latents are the head's pooled vector, the same size for every "
+                  f"preset; an update includes sampling the batch from the host replay and copying it to the "
+                  f"device, which dominates with real-size token latents.", "",
                   "| latents | shape | updates/s | transitions/s | compile s |", "|---|---|---:|---:|---:|"]
         for row in learner["rows"]:
             lines.append(f"| {row['latent']} ({row['source']}) | {row['latent_shape']} | {row['updates_per_s']:.0f} | "
@@ -287,13 +312,23 @@ def _gb(mb: float | None) -> float | None:
     return None if mb is None else mb / 1024
 
 
-def release(*objects) -> None:
+def release() -> None:
+    """Free what the policies just dropped left on the GPU (call after the last reference is gone)."""
     import torch
 
-    del objects
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def dynamo_counters() -> dict:
+    """What torch.compile did: graphs, graph breaks (with reasons) and recompilations."""
+    from torch._dynamo.utils import counters
+
+    breaks = dict(counters["graph_break"])
+    return {"unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(breaks.values())), "graph_break_reasons": list(breaks)[:5],
+            "recompiles": int(counters["recompiles"].get("total", 0)) if "recompiles" in counters else 0}
 
 
 # ---------------------------------------------------------------------------------------------- the learner
@@ -319,8 +354,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="CPU, tiny models of every family, few iterations: checks every code path")
     parser.add_argument("--presets", nargs="+", default=list(PRESET_ORDER), choices=PRESET_ORDER)
     parser.add_argument("--budget-s", type=float, default=450.0,
-                        help="phases that would start after this many seconds are skipped (default 450: the "
-                             "whole command stays under 8 minutes)")
+                        help="phases that would not fit in this many seconds are skipped, and one still running "
+                             "at the end is interrupted (default 450: with start-up and the report, the whole "
+                             "command stays under 8 minutes)")
     parser.add_argument("--iters", type=int, default=50, help="timed act calls at batch 1 (others scale from it)")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode for the compiled phase (default: inductor's default)")
@@ -376,15 +412,17 @@ def main(argv: list[str] | None = None) -> dict:
 
         if phase(report, record, "build", started, args.budget_s, build) is None:
             continue
-        policy, size = holder["policy"], holder["size"]
+        policy = holder["policy"]
         specs.setdefault("pooled", (HeadSpec.from_policy(policy, latent="pooled"), name))
-        if name == args.presets[0] or policy.latent_shape[0] > max(
-                (s.latent_length for label, (s, _) in specs.items() if label != "pooled"), default=0):
+        longest = max((s.latent_length for label, (s, _) in specs.items() if label != "pooled"), default=0)
+        if name == args.presets[0] or policy.latent_shape[0] > longest:
             specs[f"tokens:{name}"] = (HeadSpec.from_policy(policy, latent="tokens"), name)
+        del policy  # the holder keeps the only reference: releasing it frees the GPU memory
 
-        def eager(policy=policy, size=size) -> dict:
-            result = measure_act(policy, size, device, iters)
-            result.update(measure_encode(policy, size, device, iters, 4 if args.dry_run else 64))
+        def eager(holder=holder) -> dict:
+            result = measure_act(holder["policy"], holder["size"], device, iters)
+            result.update(measure_encode(holder["policy"], holder["size"], device, iters,
+                                         4 if args.dry_run else 64))
             return result
 
         measured = phase(report, record, "eager", started, args.budget_s, eager)
@@ -393,9 +431,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  act b1 p50 {measured['act_b1']['p50_ms']:.2f} ms, b16 {measured['b16_obs_per_s']:.0f} obs/s",
                   flush=True)
         phase(report, record, "lora_step", started, args.budget_s,
-              lambda policy=policy, size=size: measure_lora_step(policy, size, device, iters))
+              lambda holder=holder: measure_lora_step(holder["policy"], holder["size"], device, iters))
         holder.clear()
-        release(policy)
+        release()
 
     def learner() -> dict:
         result = learner_rows({label: value for label, value in specs.items()}, args.dry_run)
@@ -419,14 +457,21 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name}: compiled", flush=True)
 
         def compiled(name=name) -> dict:
-            policy, size = build_policy(name, dtype, device, args.dry_run)
+            import torch._dynamo
+
+            holder = dict(zip(("policy", "size"), build_policy(name, dtype, device, args.dry_run), strict=True))
+            torch._dynamo.reset()  # every preset's head shares one forward: fresh caches, no recompile limit
+            torch._dynamo.utils.counters.clear()
             try:
-                modules = policy.compile(mode=args.compile_mode, backend="eager" if args.dry_run else "inductor")
-                result = measure_act(policy, size, device, iters)
-                result.update(mode=args.compile_mode or "default", modules=modules)
+                modules = holder["policy"].compile(mode=args.compile_mode,
+                                                   backend="eager" if args.dry_run else "inductor")
+                result = measure_act(holder["policy"], holder["size"], device, iters)
+                result.update(mode=args.compile_mode or "default", modules=modules, dynamo=dynamo_counters())
                 return result
             finally:
-                release(policy)
+                holder.clear()
+                torch._dynamo.reset()
+                release()
 
         measured = phase(report, record, "compiled", started, args.budget_s, compiled)
         if measured:

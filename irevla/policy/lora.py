@@ -38,6 +38,9 @@ def add_lora(model: nn.Module, settings: LoraSettings, patterns: list[str]) -> l
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=matched, bias="none")
     inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    for name, parameter in model.named_parameters():  # adapters in float32 even on a bf16 backbone, as peft's own
+        if ".lora_" in name and parameter.is_floating_point():  # default: small updates survive, AdamW state too
+            parameter.data = parameter.data.float()
     return matched
 
 
@@ -61,7 +64,11 @@ def merge_lora(model: nn.Module) -> int:
 
 
 def set_backbone_training(model: nn.Module, mode: BackboneTraining) -> int:
-    """Set requires_grad on the backbone's parameters for `mode`; returns the number of trainable parameters."""
+    """Set requires_grad on the backbone's parameters for `mode`; returns the number of trainable parameters.
+
+    ``full`` trains every weight the latent depends on: an untied vocabulary projection (``lm_head``) stays frozen,
+    because the action head replaces it and `encode` never runs it -- a trainable weight without a gradient would
+    stop data-parallel training (DDP) on its second step, and costs AdamW state for nothing."""
     if mode == "lora" and not has_lora(model):
         raise ValueError("backbone_training 'lora' needs LoRA layers: add them first (VLAPolicy.add_lora)")
     for name, parameter in model.named_parameters():
@@ -73,4 +80,16 @@ def set_backbone_training(model: nn.Module, mode: BackboneTraining) -> int:
             parameter.requires_grad_(".lora_" in name)
         else:
             raise ValueError(f"backbone_training: expected 'lora', 'full' or 'frozen', got {mode!r}")
+    if mode == "full":
+        for parameter in unused_output_parameters(model):
+            parameter.requires_grad_(False)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def unused_output_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The vocabulary projection's parameters when they are not shared with the input embeddings."""
+    get_output, get_input = getattr(model, "get_output_embeddings", None), getattr(model, "get_input_embeddings", None)
+    if get_output is None or get_input is None or get_output() is None:
+        return []
+    shared = {id(p) for p in get_input().parameters()}
+    return [p for p in get_output().parameters() if id(p) not in shared]

@@ -171,25 +171,28 @@ class ProcessRecord:
 
     @staticmethod
     def weights_sha256(policy: VLAPolicy) -> str:
+        """A hash of the weights that train (the frozen ones cannot diverge), over their bytes as stored, one tensor
+        at a time (a full-training 3.7 B model is never copied whole)."""
         import hashlib
 
         digest = hashlib.sha256()
-        for name, tensor in sorted(policy.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        for name, parameter in sorted(policy.named_parameters()):
+            if parameter.requires_grad:
+                digest.update(name.encode())
+                digest.update(parameter.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes())
         return digest.hexdigest()
 
-    def check_same_weights(self, out: Path, policy: VLAPolicy, accelerator) -> None:
-        directory = out / "processes"
-        directory.mkdir(parents=True, exist_ok=True)
+    def check_same_weights(self, out: Path, policy: VLAPolicy, gather_object: Callable[[list], list]) -> None:
+        """Write this process's record, then compare every process's weight hash (`gather_object`: accelerate's,
+        which works across machines without a shared file system)."""
         record = {"process_index": self.rank, "num_processes": self.world, "samples": self.samples,
                   "samples_sha256": self._digest.hexdigest(), "first_samples": self.first,
                   "weights_sha256": self.weights_sha256(policy)}
+        directory = out / "processes"
+        directory.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(directory / f"rank-{self.rank}.json", json.dumps(record, indent=1).encode())
-        accelerator.wait_for_everyone()
-        hashes = {rank: json.loads((directory / f"rank-{rank}.json").read_text())["weights_sha256"]
-                  for rank in range(self.world)}
-        if len(set(hashes.values())) != 1:
+        hashes = gather_object([record["weights_sha256"]])
+        if len(set(hashes)) != 1:
             raise RuntimeError(f"{directory}: the {self.world} processes ended with different weights "
                                f"({hashes}); data-parallel replicas must stay identical -- nothing was saved")
 
@@ -561,7 +564,9 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
     elapsed = time.perf_counter() - start_time
     final_step = max(step + 1, start_step) if stop > start_step else start_step
     if processes is not None:
-        processes.check_same_weights(out, policy, accelerator)
+        from accelerate.utils import gather_object
+
+        processes.check_same_weights(out, policy, gather_object)
     policy_dir = out / "policy"
     checkpoint_id = ""
     if main:

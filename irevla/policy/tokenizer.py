@@ -68,11 +68,13 @@ class ByteTokenizer:
 
 
 class HFTextTokenizer:
-    """A transformers tokenizer, right-padded/truncated to ``max_tokens``."""
+    """A transformers tokenizer, right-padded/truncated to ``max_tokens``. ``add_special_tokens=False`` for families
+    whose prompt already carries them (PaliGemma writes its own ``<bos>``, as its processor does)."""
 
-    def __init__(self, tokenizer, max_tokens: int) -> None:
+    def __init__(self, tokenizer, max_tokens: int, add_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
         self.max_tokens = int(max_tokens)
+        self.add_special_tokens = add_special_tokens
         if tokenizer.pad_token_id is None:
             # Decoder-only LMs often ship without a pad token; padding is masked out, any id will do.
             tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
@@ -81,5 +83,5 @@ class HFTextTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> TokenizedText:
         encoded = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_tokens,
-                                 return_tensors="pt")
+                                 return_tensors="pt", add_special_tokens=self.add_special_tokens)
         return TokenizedText(encoded["input_ids"].long(), encoded["attention_mask"].bool())

@@ -55,7 +55,13 @@ def test_a_missing_package_is_named_with_how_to_bring_it(tmp_path):
     """The GPU image may lack a package: the script says which and how to bring it as wheels, before building."""
     blocker = tmp_path / "blocker"
     blocker.mkdir()
-    (blocker / "optax.py").write_text("raise ImportError('optax is not installed here')\n")
+    (blocker / "sitecustomize.py").write_text(  # an import hook that makes optax look uninstalled
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'optax':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, Block())\n")
     env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out",
                              str(tmp_path / "x.json")], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -28,7 +28,10 @@ def _namespace_available() -> bool:
     return subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False).returncode == 0
 
 
-def test_two_processes_train_on_different_samples_and_end_with_identical_weights(tmp_path):
+@pytest.mark.parametrize(("kind", "training"), [("qwen2_5_vl", "lora"), ("smolvlm", "full")])
+def test_two_processes_train_on_different_samples_and_end_with_identical_weights(tmp_path, kind, training):
+    """LoRA, and full fine-tuning of a model whose vocabulary projection is not tied to its embeddings (it must not
+    train: DDP stops at the second step on a trainable weight that gets no gradient)."""
     accelerate = VENV_BIN / "accelerate"
     if not accelerate.exists():
         pytest.skip("accelerate's launcher is not installed (the policy extra installs it)")
@@ -36,7 +39,7 @@ def test_two_processes_train_on_different_samples_and_end_with_identical_weights
         pytest.skip("cannot create a private network namespace (unshare -n): torch.distributed would open a port")
     data = write_dataset(tmp_path / "data", episodes_per_task=3)
     out = tmp_path / "run"
-    config = {"policy": tiny_config("qwen2_5_vl", training="lora").model_dump(mode="json"),
+    config = {"policy": tiny_config(kind, training=training).model_dump(mode="json"),
               "data": {"dirs": [str(data)], "val_fraction": 0.0}, "out": str(out),
               "train": {"steps": 3, "batch_size": 8, "warmup_steps": 0, "log_every": 1, "checkpoint_every": 3,
                         "tensorboard": False, "lr": 1e-3, "head_lr": 1e-3, "threads": 1}}
@@ -60,30 +63,28 @@ def test_two_processes_train_on_different_samples_and_end_with_identical_weights
     assert ranks[0]["samples_sha256"] != ranks[1]["samples_sha256"]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # identical replicas
     policy = load_policy(out / "policy")
-    assert policy.lora_layers
+    assert bool(policy.lora_layers) == (training == "lora")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["process_index"] == 0
     assert result.stdout.count("SFT done") == 1  # one process reports for the run
 
 
 def test_processes_that_disagree_stop_the_run_before_anything_is_saved(tmp_path):
-    """The check itself, with one process's record written as a diverged replica would have written it."""
+    """The check itself, with a second process's hash as a diverged replica would report it."""
     import torch
     from policy_factory import tiny_policy
 
     from irevla.policy.sft import ProcessRecord
 
-    class OneProcess:  # the two-process barrier, for a check run in one process
-        def wait_for_everyone(self):
-            pass
-
-    policy = tiny_policy("qwen2_vl", training="frozen")
-    (tmp_path / "processes").mkdir()
-    (tmp_path / "processes" / "rank-1.json").write_text(json.dumps({"weights_sha256": "0" * 64}))
+    policy = tiny_policy("qwen2_vl", training="lora")
     record = ProcessRecord(0, 2)
     record.saw(torch.tensor([0, 1]), torch.tensor([5, 6]))
     with pytest.raises(RuntimeError, match="processes ended with different weights"):
-        record.check_same_weights(tmp_path, policy, OneProcess())
+        record.check_same_weights(tmp_path, policy, lambda mine: mine + ["0" * 64])
     saved = json.loads((tmp_path / "processes" / "rank-0.json").read_text())
     assert saved["samples"] == 2 and saved["first_samples"] == [[0, 5], [1, 6]]
     assert saved["weights_sha256"] == ProcessRecord.weights_sha256(policy)
+    record.check_same_weights(tmp_path, policy, lambda mine: mine * 2)  # replicas that agree pass
+    with torch.no_grad():  # the hash covers what trains: a changed adapter changes it
+        next(p for n, p in policy.named_parameters() if ".lora_B" in n).add_(1.0)
+    assert ProcessRecord.weights_sha256(policy) != saved["weights_sha256"]

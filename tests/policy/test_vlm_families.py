@@ -158,7 +158,8 @@ def test_a_hub_layout_snapshot_loads_with_its_tokenizer_and_image_statistics(tmp
         latent = loaded.encode([torch.randint(0, 256, (2, IMAGE, IMAGE, 3), dtype=torch.uint8)],
                                ["push left", "push right now"])
     assert latent.tokens.shape == (2, loaded.latent_length(1), loaded.hidden_size)
-    assert latent.mask[:, -6:].sum(1).tolist() == [2, 3]  # word-level tokens, padded to 6
+    bos = 1 if kind == "paligemma" else 0  # PaliGemma's prompt starts with <bos>, as its processor's does
+    assert latent.mask[:, -6:].sum(1).tolist() == [2 + bos, 3 + bos]  # word-level tokens, padded to 6
     assert torch.isfinite(latent.tokens).all()
 
 
@@ -335,3 +336,32 @@ def test_the_cli_checks_a_downloaded_snapshot_and_lists_the_presets(tmp_path, ca
     assert {row["preset"] for row in listed["presets"]} == set(PRESETS)
     assert all(row["parameters"] == row["published_parameters"] or row["preset"] == "blip2-opt-2.7b"
                for row in listed["presets"])
+
+
+def test_the_paligemma_sequence_is_the_one_its_own_processor_builds(tmp_path):
+    """PaliGemma's processor (SigLIP's PIL image processor + the snapshot's tokenizer) lays out ``<image> x N <bos>
+    prompt \\n``; the adapter's image block and instruction tokens are the same ids. (SmolVLM's and Qwen's
+    processors need a video processor, i.e. torchvision, which this project does not install.)"""
+    from transformers import AutoTokenizer, PaliGemmaProcessor, SiglipImageProcessorPil
+
+    _save_tokenizer(tmp_path, "paligemma")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    config = tiny_config("paligemma").backbone
+    hf = build_backbone(config).model.config
+    hf.image_token_index = tokenizer.convert_tokens_to_ids("<image>")  # the snapshot's own id, as on the hub
+    torch.manual_seed(0)
+    from irevla.policy.backbones.paligemma import PaliGemmaAdapter
+
+    PaliGemmaAdapter.new_model(hf).save_pretrained(tmp_path)
+    image_processor = SiglipImageProcessorPil(size={"height": IMAGE, "width": IMAGE})
+    image_processor.image_seq_length = (IMAGE // config.patch_size) ** 2
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    reference = processor(text=["<image>push left"], images=[np.zeros((IMAGE, IMAGE, 3), np.uint8)],
+                          return_tensors="pt")["input_ids"][0].tolist()
+
+    backbone = build_backbone(BackboneConfig(kind="paligemma", pretrained=str(tmp_path), image_size=IMAGE,
+                                             max_text_tokens=8))
+    text = backbone.tokenizer(backbone.prompts(["push left"]))
+    ours = backbone.image_block_ids() + text.ids[0][text.mask[0]].tolist()
+    assert ours == reference
+    assert reference[len(backbone.image_block_ids())] == tokenizer.bos_token_id

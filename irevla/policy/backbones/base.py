@@ -154,7 +154,12 @@ class BackboneAdapter(nn.Module, ABC):
             if len(mean) != 3 or len(std) != 3:
                 raise SnapshotError(f"{processor_file}: fields 'image_mean'/'image_std': expected 3 values each "
                                     f"(RGB), got {mean} / {std}")
-        return cls(config, model, HFTextTokenizer(hf_tokenizer, config.max_text_tokens), mean, std)
+        return cls(config, model, cls.text_tokenizer(hf_tokenizer, config.max_text_tokens), mean, std)
+
+    @classmethod
+    def text_tokenizer(cls, hf_tokenizer, max_tokens: int) -> HFTextTokenizer:
+        """The snapshot's tokenizer as instructions are tokenised for this family."""
+        return HFTextTokenizer(hf_tokenizer, max_tokens)
 
     @classmethod
     @abstractmethod

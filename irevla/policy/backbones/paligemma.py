@@ -2,8 +2,9 @@
 are the first tokens of a Gemma language model's prefix.
 
 Each camera image becomes ``<image> x (S / patch)^2`` (256 at 224 px with 14-px patches), followed by the
-instruction (the snapshot's tokenizer adds Gemma's ``<bos>``, as PaliGemma's processor does). ``token_type_ids`` are
-0 on every position: the whole sequence is PaliGemma's prefix, which it attends to bidirectionally. The vision tower
+instruction and a newline, as PaliGemma's processor lays out ``<image>... <bos> prompt \\n`` (the snapshot's
+tokenizer adds the ``<bos>``). ``token_type_ids`` are 0 on every position: the whole sequence is PaliGemma's
+prefix, which it attends to bidirectionally. The vision tower
 has fixed position embeddings, so images are resized to its native side (config.json's ``vision_config.image_size``),
 whatever ``backbone.image_size`` says.
 """
@@ -14,7 +15,7 @@ import torch
 
 from irevla.policy.backbones.image_text import ImageTextAdapter
 from irevla.policy.config import BackboneConfig
-from irevla.policy.tokenizer import ByteTokenizer
+from irevla.policy.tokenizer import ByteTokenizer, HFTextTokenizer
 
 _IMAGE = ByteTokenizer.VOCAB_SIZE  # the <image> placeholder of random-weight models
 
@@ -47,6 +48,15 @@ class PaliGemmaAdapter(ImageTextAdapter):
 
     def model_image_size(self) -> int:
         return int(self.model.config.vision_config.image_size)
+
+    @classmethod
+    def text_tokenizer(cls, hf_tokenizer, max_tokens: int) -> HFTextTokenizer:
+        return HFTextTokenizer(hf_tokenizer, max_tokens, add_special_tokens=False)  # the prompt has its <bos>
+
+    def prompts(self, instructions):
+        hf_tokenizer = getattr(self.tokenizer, "tokenizer", None)
+        bos = hf_tokenizer.bos_token if hf_tokenizer is not None and hf_tokenizer.bos_token else ""
+        return [f"{bos}{prompt}\n" for prompt in super().prompts(instructions)]
 
     def image_block_ids(self) -> list[int]:
         vision = self.model.config.vision_config

@@ -77,9 +77,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def check_snapshot(directory: str | Path, kind: str, model_types: tuple[str, ...],
-                   needs_tokenizer: bool = True) -> Snapshot:
+                   needs_tokenizer: bool = True, check_type: bool = True) -> Snapshot:
     """Check `directory` is a complete local snapshot of a `kind` model (config.json's ``model_type`` one of
-    `model_types`); see the module docstring for the layout."""
+    `model_types`, unless `check_type` is off); see the module docstring for the layout."""
     path = Path(directory)
     if not path.is_dir():
         raise MissingFileError(f"{path}: backbone.pretrained must be a local model directory (config.json, "
@@ -91,7 +91,7 @@ def check_snapshot(directory: str | Path, kind: str, model_types: tuple[str, ...
                                f"config.json and *.safetensors; irevla never downloads models)")
     config = read_json(config_file)
     model_type = config.get("model_type")
-    if model_type not in model_types:
+    if check_type and model_type not in model_types:
         raise SnapshotError(f"{config_file}: field 'model_type': backbone.kind {kind!r} expects "
                             f"{' or '.join(repr(t) for t in model_types)}, the snapshot is {model_type!r} "
                             f"(set backbone.kind to the snapshot's family)")
