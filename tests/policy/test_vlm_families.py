@@ -365,3 +365,16 @@ def test_the_paligemma_sequence_is_the_one_its_own_processor_builds(tmp_path):
     ours = backbone.image_block_ids() + text.ids[0][text.mask[0]].tolist()
     assert ours == reference
     assert reference[len(backbone.image_block_ids())] == tokenizer.bos_token_id
+
+
+def test_the_shipped_sft_configs_are_valid():
+    """config/sft*.yaml (the tiny demo's and the pretrained GPU ones) load as SFT configs: no stale key survives."""
+    from pathlib import Path
+
+    from irevla.config import load_config
+    from irevla.policy.config import SFTConfig
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "config").glob("sft*.yaml"))
+    assert len(configs) >= 3
+    kinds = {load_config(path, SFTConfig).policy.backbone.kind for path in configs}
+    assert {"blip2", "smolvlm"} <= kinds
