@@ -18,8 +18,9 @@ For every real-size preset (irevla.policy.presets: the architectures of BLIP-2 O
   stage 1 pays per transition when it caches latents); peak memory;
 * ``lora_step``: one stage-2 step at batch 8 -- LoRA r=8 on the language model + the head, bf16 autocast, AdamW --
   in samples/s, with its peak memory;
-* ``compiled``: the same act measurements after `VLAPolicy.compile()` (torch.compile of the backbone's encode path
-  and the head, fixed shapes); ``first_call_s`` is the compilation.
+* ``compiled``: the same act measurements after `VLAPolicy.compile()` (torch.compile of the backbone's blocks --
+  BLIP-2's vision model, Q-Former and OPT whole; the other families' language-model and vision blocks one by one --
+  and the head, fixed shapes); ``first_call_s`` is the compilation; ``dynamo`` counts graphs and graph breaks.
 
 Then the stage-1 learner (JAX, on the same GPU): SAC updates/s at batch 256 with 10 critics, one critic step per
 actor step (utd 1), on pooled latents and on token latents of the paper's preset and of the longest latent; and the
@@ -327,7 +328,8 @@ def dynamo_counters() -> dict:
 
     breaks = dict(counters["graph_break"])
     return {"unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
-            "graph_breaks": int(sum(breaks.values())), "graph_break_reasons": list(breaks)[:5],
+            "graph_breaks": int(sum(breaks.values())),
+            "graph_break_reasons": sorted({reason.split("\n")[0] for reason in breaks})[:5],
             "recompiles": int(counters["recompiles"].get("total", 0)) if "recompiles" in counters else 0}
 
 

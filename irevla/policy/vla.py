@@ -239,8 +239,9 @@ class VLAPolicy(nn.Module):
             return self.normalizer.action_from_unit(self.forward(images, instructions, proprio.to(self.device)))
 
     def compile(self, mode: str | None = None, backend: str = "inductor", dynamic: bool = False) -> list[str]:
-        """`torch.compile` the inference path in place: the backbone modules `encode` runs through
-        (`BackboneAdapter.compile_targets`) and the head. ``dynamic=False`` specialises on shapes, which are fixed
+        """`torch.compile` the inference path in place: the backbone modules `encode` spends its time in
+        (`BackboneAdapter.compile_targets`: BLIP-2's three models whole, the other families' blocks one by one) and
+        the head. ``dynamic=False`` specialises on shapes, which are fixed
         per batch size (latents have a fixed length): the first call of each batch size compiles, later calls
         replay. Weights and state-dict names are unchanged. Returns the compiled modules' names.
 

@@ -312,12 +312,36 @@ def test_real_width_presets_act_at_their_native_image_size(name):
     assert policy.latent_shape[1] == {"blip2-opt-2.7b": 2560, "smolvlm2-500m": 960, "qwen3-vl-2b": 2048}[name]
 
 
-def test_compiled_policy_acts_exactly_like_the_eager_one():
-    policy = tiny_policy("qwen2_5_vl", training="frozen")
+@pytest.mark.parametrize("kind", GENERIC)
+def test_compiled_policy_acts_exactly_like_the_eager_one_with_its_blocks_compiled_cleanly(kind):
+    """VLAPolicy.compile compiles each language-model and vision block and the head (tracing backend here): the
+    same actions, and no graph break inside a language-model block."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    policy = tiny_policy(kind, training="frozen")
     observation = _observation(seed=5)
     eager = policy.act(observation).values
-    assert set(policy.compile(backend="eager")) == {"model.model", "head"}
+    torch._dynamo.reset()
+    counters.clear()
+    modules = policy.compile(backend="eager")
+    language = policy.backbone.language_model_name()
+    assert "head" in modules and sum(name.startswith(language + ".") for name in modules) == 2  # tiny: 2 layers
+    assert any(not name.startswith(language + ".") and name != "head" for name in modules)  # vision blocks
     np.testing.assert_array_equal(policy.act(observation).values, eager)
+    vision_breaks = sum(counters["graph_break"].values())
+    # The language-model blocks and the head trace without a single graph break (Qwen's vision blocks break on
+    # their data-dependent attention boundaries; PaliGemma's and SmolVLM's do not).
+    torch._dynamo.reset()
+    counters.clear()
+    fresh = tiny_policy(kind, training="frozen")
+    for name, module in {**fresh.backbone.compile_targets(), "head": fresh.head}.items():
+        if name == "head" or name.startswith(language + "."):
+            module.compile(backend="eager")
+    np.testing.assert_array_equal(fresh.act(observation).values, eager)
+    assert sum(counters["graph_break"].values()) == 0
+    assert vision_breaks == 0 or kind.startswith("qwen")
+    torch._dynamo.reset()
 
 
 def test_the_cli_checks_a_downloaded_snapshot_and_lists_the_presets(tmp_path, capsys):
