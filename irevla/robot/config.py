@@ -256,6 +256,10 @@ class PolicySourceConfig(ConfigModel):
     device: str = "cpu"
     threads: int = Field(default=1, ge=1, description="torch CPU threads")
     seed: int = 0
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = Field(
+        default="none", description="torch.compile the VLA when the node starts (a GPU robot PC: reduce-overhead adds "
+                                    "CUDA graphs); it compiles during warm-up acts before the first control step; "
+                                    "none: eager")
 
 
 class RlActorConfig(ConfigModel):

@@ -92,7 +92,27 @@ class PolicyRunner:
             raise ConfigError(f"vla_policy: {source} needs cameras {list(policy.cameras)}, but cameras.names has "
                               f"{list(cameras)} (missing {missing}); map them in cameras.names / image_topics")
         policy.eval()
-        return cls(policy, source)
+        runner = cls(policy, source)
+        if settings.compile != "none":
+            runner.warm_up(settings.compile)
+        return runner
+
+    def warm_up(self, mode: str, backend: str = "inductor") -> float:
+        """Compile the policy (`VLAPolicy.compile`, ``mode`` as in torch.compile; "default" = its default) and run it
+        on blank observations until its shapes are compiled: the control loop never waits for a compilation. Both
+        paths compile -- act, and encode + head (rl_actor mode). Returns the seconds it took."""
+        import time
+
+        start = time.perf_counter()
+        self.policy.compile(mode=None if mode == "default" else mode, backend=backend)
+        spec = self.policy.observation_spec
+        blank = Observation(images={c: np.zeros((*spec.cameras[c], 3), np.uint8) for c in self.cameras},
+                            proprio=np.zeros(len(spec.proprio_names), np.float32), instruction="warm up")
+        for _ in range(2):  # the second call replays (CUDA graphs are recorded on a later call than the first)
+            self.act(blank)
+            tokens, mask = self.encode(blank)
+            self.act_from_latent(tokens, mask, blank.proprio)
+        return time.perf_counter() - start
 
     # ------------------------------------------------------------------------------------------------ queries
     @property

@@ -81,3 +81,23 @@ def test_rl_actor_core_streams_latents_marks_interventions_and_applies_heads(run
         assert link.episodes == [{"episode": 0, "steps": 3, "success": True}]
     finally:
         runner.load_head_state({k: v.numpy() for k, v in original.items()}, 0)
+
+
+def test_warm_up_compiles_before_the_first_control_step_and_keeps_every_path_exact():
+    """`policy.compile` (vla_policy's parameter) compiles during warm-up on blank observations; afterwards act,
+    encode and act_from_latent give what the eager policy gives. Traced with the eager backend here (a CPU)."""
+    import torch._dynamo
+
+    def load():
+        return PolicyRunner.load(PolicySourceConfig(preset="tiny"), ["front", "wrist"])
+
+    eager, compiled = load(), load()
+    probe = observation(90)
+    torch._dynamo.reset()
+    assert compiled.warm_up("default", backend="eager") > 0
+    np.testing.assert_array_equal(compiled.act(probe), eager.act(probe))
+    tokens, mask = compiled.encode(probe)
+    np.testing.assert_array_equal(tokens, eager.encode(probe)[0])
+    np.testing.assert_array_equal(compiled.act_from_latent(tokens, mask, probe.proprio),
+                                  eager.act_from_latent(tokens, mask, probe.proprio))
+    torch._dynamo.reset()

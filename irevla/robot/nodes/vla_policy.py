@@ -170,7 +170,9 @@ class VLAPolicyNode(Node):
             self.load_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"could not load the policy: {self.load_error}")
             return
-        self.get_logger().info(f"policy loaded in {time.monotonic() - begin:.1f} s: {runner.source}")
+        compiled = f", compiled ({self.config.policy.compile}) and warmed up" if self.config.policy.compile != "none" \
+            else ""
+        self.get_logger().info(f"policy loaded{compiled} in {time.monotonic() - begin:.1f} s: {runner.source}")
 
     def _ready(self, runner: PolicyRunner) -> None:
         core = None
