@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
         release()
 
     def learner() -> dict:
-        result = learner_rows({label: value for label, value in specs.items()}, args.dry_run)
+        result = learner_rows(specs, args.dry_run)
         images = 2 * result["batch"]  # observation and next observation of one update's batch (utd 1)
         update_s = {row["label"]: row["update_s"] for row in result["rows"]}
         result["reencode"] = [

@@ -170,15 +170,9 @@ def _cmd_policy_check_snapshot(args: argparse.Namespace) -> int:
     import torch
 
     from irevla.policy.backbones import build_backbone
-    from irevla.policy.backbones.snapshot import check_snapshot
     from irevla.policy.config import BackboneConfig
 
-    size = args.image_size
-    if size is None:  # the vision tower's own size (BLIP-2, PaliGemma, SmolVLM); Qwen has none: 224 suits all three
-        vision = check_snapshot(args.directory, args.kind, (), needs_tokenizer=False, check_type=False
-                                ).config.get("vision_config") or {}
-        size = int(vision.get("image_size") or 224)
-    config = BackboneConfig(kind=args.kind, pretrained=args.directory, dtype=args.dtype, image_size=size)
+    config = BackboneConfig(kind=args.kind, pretrained=args.directory, dtype=args.dtype, image_size=args.image_size)
     start = time.perf_counter()
     backbone = build_backbone(config).eval()
     loaded_s = time.perf_counter() - start
@@ -248,7 +242,8 @@ def add_policy_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     snapshot.add_argument("--kind", required=True, help="backbone kind: blip2, paligemma, smolvlm, qwen2_vl, "
                                                         "qwen2_5_vl or qwen3_vl")
     snapshot.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
-    snapshot.add_argument("--image-size", type=int, help="backbone.image_size (default: the vision tower's own, "
-                                                         "224 for Qwen, whose side must be a multiple of 28 / 32)")
+    snapshot.add_argument("--image-size", type=int, default=224,
+                          help="backbone.image_size (default 224: BLIP-2's own size, and a multiple of 28 and 32 for "
+                               "Qwen; PaliGemma and SmolVLM always use their vision tower's own size)")
     snapshot.set_defaults(func=_cmd_policy_check_snapshot)
     return policy

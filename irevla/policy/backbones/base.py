@@ -110,7 +110,12 @@ class BackboneAdapter(nn.Module, ABC):
         inside ``torch.device("meta")``, which is how parameter counts of real-size presets are taken)."""
         if attention == "eager":  # "sdpa" is transformers' default where a model supports it (Gemma 2 does not)
             hf_config._attn_implementation = "eager"
-        return cls.model_class(hf_config)
+        return cls.model_class_for_config(hf_config)(hf_config)
+
+    @classmethod
+    def model_class_for_config(cls, hf_config) -> type:
+        """The transformers model class a config builds (one class per adapter, unless a subclass says otherwise)."""
+        return cls.model_class
 
     @classmethod
     def default_image_statistics(cls) -> tuple[tuple[float, ...], tuple[float, ...]]:

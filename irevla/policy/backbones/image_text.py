@@ -22,8 +22,9 @@ A family (``paligemma.py``, ``smolvlm.py``, ``qwen_vl.py``) says only what diffe
 
 Images are preprocessed in torch (`irevla.policy.images.to_pixels`: resize with antialiasing, normalise with the
 snapshot's preprocessor_config.json mean / std), not by the family's image processor: those need torchvision for
-their fast path, and a torch version batches and runs on the GPU. Each family's test compares the result with the
-family's own processor where that runs without torchvision.
+their fast path, and a torch version batches and runs on the GPU. Tests compare it with SigLIP's processor at the
+native size, and PaliGemma's whole token sequence with PaliGemmaProcessor's (SmolVLM's and Qwen's processors need
+torchvision's video processor and are not run).
 
 LoRA targets need no per-family list: ``language`` is every linear layer inside the language model (found through
 the model's ``get_decoder()``), ``all`` adds the vision tower and the projector (every linear layer of ``model.model``;
@@ -70,10 +71,8 @@ class ImageTextAdapter(BackboneAdapter):
         return CONFIG_MAPPING[model_type].from_dict(dict(data))
 
     @classmethod
-    def new_model(cls, hf_config, attention: str = "sdpa") -> nn.Module:
-        if attention == "eager":  # "sdpa" is transformers' default where a model supports it (Gemma 2 does not)
-            hf_config._attn_implementation = "eager"
-        return model_class_for(hf_config.model_type)(hf_config)
+    def model_class_for_config(cls, hf_config) -> type:
+        return model_class_for(hf_config.model_type)
 
     @classmethod
     def pretrained_class(cls) -> type:

@@ -41,10 +41,6 @@ class Snapshot:
     weight_files: tuple[Path, ...]
     index_file: Path | None
 
-    @property
-    def model_type(self) -> str:
-        return str(self.config.get("model_type"))
-
     def locate(self, model_key: str, shape: tuple[int, ...]) -> Path | None:
         """The weight file holding the tensor transformers calls `model_key`, of `shape` as stored. Checkpoints may
         use an older key layout (Qwen's ``model.layers.0...`` for ``model.language_model.layers.0...``), so the
@@ -76,10 +72,9 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_snapshot(directory: str | Path, kind: str, model_types: tuple[str, ...],
-                   needs_tokenizer: bool = True, check_type: bool = True) -> Snapshot:
+def check_snapshot(directory: str | Path, kind: str, model_types: tuple[str, ...]) -> Snapshot:
     """Check `directory` is a complete local snapshot of a `kind` model (config.json's ``model_type`` one of
-    `model_types`, unless `check_type` is off); see the module docstring for the layout."""
+    `model_types`); see the module docstring for the layout."""
     path = Path(directory)
     if not path.is_dir():
         raise MissingFileError(f"{path}: backbone.pretrained must be a local model directory (config.json, "
@@ -91,7 +86,7 @@ def check_snapshot(directory: str | Path, kind: str, model_types: tuple[str, ...
                                f"config.json and *.safetensors; irevla never downloads models)")
     config = read_json(config_file)
     model_type = config.get("model_type")
-    if check_type and model_type not in model_types:
+    if model_type not in model_types:
         raise SnapshotError(f"{config_file}: field 'model_type': backbone.kind {kind!r} expects "
                             f"{' or '.join(repr(t) for t in model_types)}, the snapshot is {model_type!r} "
                             f"(set backbone.kind to the snapshot's family)")
@@ -119,7 +114,7 @@ def check_snapshot(directory: str | Path, kind: str, model_types: tuple[str, ...
                 if legacy else "")
         raise MissingFileError(f"{path / SINGLE_FILE}: missing (a snapshot needs {SINGLE_FILE} or {INDEX_FILE} "
                                f"and its shards){hint}")
-    if needs_tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise MissingFileError(f"{path / TOKENIZER_FILES[0]}: missing (the snapshot needs its tokenizer: one of "
                                f"{', '.join(TOKENIZER_FILES)})")
     return Snapshot(path, config, weight_files, index_file)
