@@ -28,6 +28,7 @@ FRAMEWORKS = {
     "ROS 2": ("rclpy",),
     "MuJoCo": ("mujoco", "metaworld", "gymnasium_robotics"),
     "ZeroMQ": ("zmq",),
+    "TensorBoard / wandb": ("tensorboard", "wandb"),  # the metrics (irevla/metrics_log.py)
 }
 
 

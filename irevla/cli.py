@@ -71,23 +71,6 @@ def _cmd_demos_sim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_data_check(args: argparse.Namespace) -> int:
-    from irevla.data.store import check_directories
-
-    n_ok, problems = check_directories(args.dirs, progress=True)
-    for path, problem in problems:
-        print(f"BAD  {path}: {problem}")
-    print(f"{n_ok} episode file(s) OK, {len(problems)} bad")
-    return 1 if problems else 0
-
-
-def _cmd_data_info(args: argparse.Namespace) -> int:
-    from irevla.data.store import format_summary
-
-    print(format_summary(args.dirs))
-    return 0
-
-
 def _cmd_sim_list(args: argparse.Namespace) -> int:
     from irevla.sim.registry import FAMILIES, task_names
 
@@ -197,16 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render_args(sim, 128)
     sim.set_defaults(func=_cmd_demos_sim)
 
-    data = commands.add_parser("data", help="inspect and check episode datasets")
-    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    check = data_sub.add_parser("check", help="validate every episode file; report all bad ones",
-                                description="Open and validate every episode file (schema, keys, dtypes, shapes). "
-                                            "Reports all bad files; exits 1 if any.")
-    check.add_argument("dirs", nargs="+", metavar="DIR")
-    check.set_defaults(func=_cmd_data_check)
-    info = data_sub.add_parser("info", help="summary: episodes per task, successes, steps, sources, size")
-    info.add_argument("dirs", nargs="+", metavar="DIR")
-    info.set_defaults(func=_cmd_data_info)
+    from irevla.data.cli import add_data_parser  # argparse only; pyarrow/PyAV/rosbags/rerun load when run
+
+    add_data_parser(commands)
 
     simcmd = commands.add_parser("sim", help="simulated tasks: list them, look at them")
     sim_sub = simcmd.add_subparsers(dest="sim_command", metavar="ACTION", required=True)

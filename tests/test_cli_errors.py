@@ -76,6 +76,11 @@ CASES = [
     ("demos-sim-bad-variation", "demos sim --tasks button-press-v3 --episodes 1 --out {w}/demos "
                                 "--variation color:purplish", "unknown colour 'purplish'"),
     ("data-info-missing-dir", "data info {w}/no_episodes", "no_episodes: episode directory does not exist"),
+    ("data-export-missing-dir", "data export --format lerobot {w}/no_episodes {w}/lerobot_out",
+     "no_episodes: not a directory of irevla episodes"),
+    ("data-import-lerobot-missing", "data import lerobot {w}/no_dataset {w}/imported", "no_dataset: not a directory"),
+    ("data-import-rosbag-missing", "data import rosbag {w}/no_bag {w}/imported", "no_bag"),
+    ("data-view-missing", "data view {w}/no_episodes --sheet {w}/sheet.png", "no_episodes"),
     ("sim-show-unknown-task", "sim show --task drawer-opne-v3 --out {w}/task.png", "drawer-opne-v3"),
     ("sim-show-bad-variation", "sim show --task button-press-v3 --variation colour:red --out {w}/task.png",
      "unknown kind 'colour'"),
@@ -237,6 +242,8 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(args):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(irevla.cli, "_cmd_data_info", broken)  # build_parser() looks the handler up when main runs
+    import irevla.data.cli
+
+    monkeypatch.setattr(irevla.data.cli, "_cmd_info", broken)  # build_parser() looks the handler up when main runs
     with pytest.raises(KeyError, match="a bug"):
         main(["data", "info", "anywhere"])

@@ -21,6 +21,8 @@ schema_version     int                    irevla.spec.SCHEMA_VERSION
 created            str                    timezone-aware ISO-8601 time, UTC by default
 timestamps         float64 (T+1,) | None  per-observation time (s), e.g. Observation.timestamp
 interventions      bool (T,) | None       True where a human overrode the policy's action at step t
+depth              {camera: uint16        optional depth in millimetres (0 = no reading), aligned to the colour
+                   (T+1, H, W)} | None    camera of the same name: same frames and (H, W); any subset of cameras
 metadata           dict                   small, JSON-serialisable: seed, variation, expert name, ...
 =================  =====================  ========================================================================
 
@@ -118,6 +120,7 @@ class Episode:
     timestamps: np.ndarray | None = None
     interventions: np.ndarray | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    depth: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalised values are written once, here
@@ -197,6 +200,26 @@ class Episode:
             images[camera] = np.ascontiguousarray(frames)
         set_(self, "images", images)
 
+        if self.depth is not None:
+            if not isinstance(self.depth, Mapping):
+                raise ContractError(f"Episode.depth: expected None or a dict camera -> uint16 (T+1, H, W), "
+                                    f"got {type(self.depth).__name__}")
+            depth = {}
+            for camera, frames in self.depth.items():
+                name = f"Episode.depth[{camera!r}]"
+                if camera not in expected_cameras:
+                    raise ContractError(f"{name}: depth must belong to one of the colour cameras "
+                                        f"{sorted(expected_cameras)} (aligned to it)")
+                if not isinstance(frames, np.ndarray) or frames.dtype != np.uint16:
+                    got = frames.dtype if isinstance(frames, np.ndarray) else type(frames).__name__
+                    raise ContractError(f"{name}: expected a uint16 array (millimetres), got {got}")
+                height, width = expected_cameras[camera]
+                if frames.shape != (n_steps + 1, height, width):
+                    raise ContractError(f"{name}: expected shape {(n_steps + 1, height, width)} (T+1 frames aligned "
+                                        f"to the {height}x{width} colour camera), got {tuple(frames.shape)}")
+                depth[str(camera)] = np.ascontiguousarray(frames)
+            set_(self, "depth", depth or None)
+
     # ------------------------------------------------------------------------------------------------- accessors
     @property
     def n_steps(self) -> int:
@@ -210,7 +233,8 @@ class Episode:
     @property
     def nbytes(self) -> int:
         """Uncompressed size of the arrays in memory."""
-        arrays = [*self.images.values(), self.proprio, self.actions, self.rewards, self.timestamps, self.interventions]
+        arrays = [*self.images.values(), *(self.depth or {}).values(), self.proprio, self.actions, self.rewards,
+                  self.timestamps, self.interventions]
         return sum(a.nbytes for a in arrays if a is not None)
 
     def observation(self, t: int) -> Observation:
@@ -224,7 +248,9 @@ class Episode:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Episode):
             return NotImplemented
-        if set(self.images) != set(other.images):
+        if set(self.images) != set(other.images) or set(self.depth or {}) != set(other.depth or {}):
+            return False
+        if not all(_arrays_identical(self.depth[c], other.depth[c]) for c in self.depth or {}):
             return False
         arrays_equal = all(_arrays_identical(self.images[c], other.images[c]) for c in self.images) and all(
             _arrays_identical(getattr(self, n), getattr(other, n))

@@ -36,6 +36,8 @@ actions             float32 (T, A)         A = ``task.action_spec.dim``
 rewards             float32 (T,)
 timestamps          float64 (T+1,)         optional; seconds, one per observation
 interventions       bool (T,)              optional; True where a human overrode the action (HDF5 enum int8)
+depth/<camera>      uint16 (T+1, H, W)     optional; millimetres, aligned to ``images/<camera>``; chunked and
+                                           compressed like the images
 ==================  =====================  ===================================================================
 
 Every dataset carries a Fletcher-32 checksum per chunk, so a flipped bit on disk is reported on read instead of
@@ -170,6 +172,11 @@ def _write_contents(file: h5py.File, episode: Episode, compression: str) -> None
     for camera, frames in episode.images.items():
         # One frame per chunk: a training sample reads (and decompresses) exactly the frame it needs.
         images.create_dataset(camera, data=frames, chunks=(1, *frames.shape[1:]), fletcher32=True, **image_options)
+    if episode.depth:
+        depth = file.create_group("depth")
+        for camera, frames in episode.depth.items():
+            depth.create_dataset(camera, data=frames, chunks=(1, *frames.shape[1:]), fletcher32=True,
+                                 **image_options)
     arrays = {"proprio": episode.proprio, "actions": episode.actions, "rewards": episode.rewards,
               "timestamps": episode.timestamps, "interventions": episode.interventions}
     for name, array in arrays.items():
@@ -342,6 +349,19 @@ def _check_layout(path: Path, file: h5py.File) -> _Layout:
         datasets[name] = _dataset(path, file, name, np.dtype(np.uint8), (n_steps + 1, height, width, 3),
                                   f"T+1 frames of {height}x{width} RGB")
 
+    depth_group = file.get("depth")
+    if depth_group is not None:
+        if not isinstance(depth_group, h5py.Group):
+            raise EpisodeFormatError(path, "'depth' is not a group of per-camera datasets")
+        for camera in depth_group.keys():
+            if camera not in cameras:
+                raise EpisodeFormatError(path, f"'depth/{camera}' has no colour camera of that name "
+                                               f"(the task's cameras: {sorted(cameras)})")
+            height, width = cameras[camera]
+            name = f"depth/{camera}"
+            datasets[name] = _dataset(path, file, name, np.dtype(np.uint16), (n_steps + 1, height, width),
+                                      f"T+1 depth frames aligned to the {height}x{width} colour camera")
+
     info = EpisodeInfo(path=path, task=task, n_steps=n_steps, success=bool(attrs["success"]),
                        source=str(attrs["source"]), round=int(attrs["round"]), instruction=attrs["instruction"],
                        cameras=tuple(cameras), created=attrs["created"], size_bytes=path.stat().st_size,
@@ -387,7 +407,7 @@ def read_lowdim(path: str | Path) -> tuple[EpisodeInfo, dict[str, np.ndarray]]:
         with _open(path) as file:
             layout = _check_layout(path, file)
             arrays = {name: _read_array(path, name, ds) for name, ds in layout.datasets.items()
-                      if not name.startswith("images/")}
+                      if not name.startswith(("images/", "depth/"))}
             return layout.info, arrays
 
     return _guard(path, read)
@@ -409,7 +429,9 @@ def read_episode(path: str | Path) -> Episode:
                 success=info.success, instruction=info.instruction, task=info.task, source=info.source,
                 round=info.round, schema_version=int(attrs["schema_version"]), created=info.created,
                 timestamps=arrays.get("timestamps"), interventions=arrays.get("interventions"),
-                metadata=layout.metadata)
+                metadata=layout.metadata,
+                depth={name[len("depth/"):]: array for name, array in arrays.items() if name.startswith("depth/")}
+                or None)
 
     return _guard(path, read)
 

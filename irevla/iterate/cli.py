@@ -251,6 +251,11 @@ def add_learner_parser(commands) -> None:
     serve.add_argument("--threads", type=int, default=1, help="CPU threads for XLA")
     serve.add_argument("--exit-with-parent", action="store_true", help="stop (snapshot, exit) when the process "
                                                                       "that started this one dies")
+    serve.add_argument("--logging", metavar="FILE", help="YAML of the metrics settings (irevla.metrics_log."
+                                                         "LoggingConfig: tensorboard, wandb); default: TensorBoard "
+                                                         "events in out/tensorboard, no wandb")
+    serve.add_argument("--metrics-every", type=int, default=50, metavar="N",
+                       help="write the update metrics (out/metrics.jsonl, TensorBoard) every N updates (default 50)")
     serve.set_defaults(func=_cmd_learner_serve)
 
     keys = sub.add_parser("keys", help="write CURVE key pairs for a learner reachable beyond this machine",

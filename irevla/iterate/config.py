@@ -38,6 +38,7 @@ from irevla.config import (
 )
 from irevla.learner.config import LearnerConfig, PPOConfig  # pydantic only, no jax
 from irevla.learner.registry import get_algorithm  # names only: the learner classes (jax) load when used
+from irevla.metrics_log import LoggingConfig, WandbConfig
 from irevla.policy.config import SFTConfig
 from irevla.robot.config import RobotEnvConfig
 
@@ -47,7 +48,8 @@ SFTOverrides = override_model(SFTConfig)
 # SFT keys the loop sets itself for every stage it runs (a value given for them would be silently replaced).
 _LOOP_SETS = {"data.dirs": "the loop sets it: D_e (demos, expert_data), and D_RL in stage 2",
               "out": "the loop sets it: run_dir/sft, run_dir/stage2-K",
-              "train.threads": "the loop sets it from threads"}
+              "train.threads": "the loop sets it from threads",
+              "train.wandb": "the loop sets it from logging.wandb"}
 _STAGE2_SETS = {**_LOOP_SETS,
                 "init": "the loop sets it: stage 2 starts from the current policy",
                 "policy.backbone_training": "the loop sets it from stage2.backbone_training / stage2.freeze_vlm"}
@@ -194,6 +196,10 @@ class IterateConfig(ConfigModel):
     stage2: Stage2Config = Stage2Config()
     eval: EvalConfig = EvalConfig()
     threads: int = Field(default=1, ge=1, description="torch CPU threads of the actor / SFT")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description=(
+        "metrics of every stage besides its metrics.jsonl: TensorBoard events in the stage directories (tensorboard "
+        "--logdir run_dir; tensorboard: false also turns off the SFT stages' train.tensorboard) and, off by "
+        "default, wandb (one wandb run per stage directory, grouped by the run directory's name)"))
 
     @model_validator(mode="before")
     @classmethod
@@ -278,6 +284,22 @@ class IterateConfig(ConfigModel):
         path = Path(self.sft_config)
         return validate_config(read_config_mapping(path), SFTOverrides, str(path))
 
+    def stage_wandb(self, stage: str, run_dir: str | Path | None = None) -> WandbConfig:
+        """``logging.wandb`` for one stage directory: named <run_dir name>/<stage>, grouped by the run directory's
+        name (unless logging.wandb names them)."""
+        run_name = Path(run_dir if run_dir is not None else self.run_dir).resolve().name
+        wandb = self.logging.wandb
+        return wandb.model_copy(update={"name": f"{wandb.name or run_name}/{stage}", "group": wandb.group or run_name})
+
+    def _loop_train(self, stage: str, run_dir: Path) -> dict:
+        """The SFT train settings the loop sets: threads, wandb from logging.wandb (off: wandb's defaults, off), and
+        tensorboard off when logging.tensorboard is (else the SFT settings' own train.tensorboard)."""
+        wandb = self.stage_wandb(stage, run_dir) if self.logging.wandb.enabled else WandbConfig()
+        train: dict = {"threads": self.threads, "wandb": wandb.model_dump(mode="json")}
+        if not self.logging.tensorboard:
+            train["tensorboard"] = False
+        return train
+
     def _sft_source(self, *sections: str) -> str:
         return " + ".join([self.sft_config or "SFT defaults", *sections])
 
@@ -285,7 +307,7 @@ class IterateConfig(ConfigModel):
         """Stage 0's settings: sft_config, then sft_overrides, then the loop's (D_e, run_dir/sft, threads)."""
         run_dir = Path(run_dir if run_dir is not None else self.run_dir)
         loop = {"data": {"dirs": self.expert_dirs(run_dir)}, "out": str(run_dir / "sft"),
-                "train": {"threads": self.threads}}
+                "train": self._loop_train("sft", run_dir)}
         return compose_config(SFTConfig, base if base is not None else self.sft_base(), self.sft_overrides, loop,
                               source=f"stage 0's SFT settings ({self._sft_source('sft_overrides')})")
 
@@ -301,7 +323,7 @@ class IterateConfig(ConfigModel):
         stage2 = {"train": {"steps": self.stage2.steps, "warmup_steps": 0}}
         loop = {"data": {"dirs": [*self.expert_dirs(run_dir), str(run_dir / "d_rl")]},
                 "out": str(run_dir / f"stage2-{k}"), "init": policy_path,
-                "policy": {"backbone_training": self.stage2_training}, "train": {"threads": self.threads}}
+                "policy": {"backbone_training": self.stage2_training}, "train": self._loop_train(f"stage2-{k}", run_dir)}
         return compose_config(SFTConfig, base if base is not None else self.sft_base(), self.sft_overrides, stage2,
                               self.stage2.overrides, loop,
                               source=f"stage 2's SFT settings ({self._sft_source('sft_overrides', 'stage2.overrides')})")

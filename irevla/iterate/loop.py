@@ -15,6 +15,17 @@ any moment followed by the same command redoes only the unfinished stage: SFT co
 RL from the learner's last snapshot and the actor's progress file, evaluation from scratch. Episodes already written
 (D_e, D_RL) are never rewritten or lost. After every evaluation the report (report.md, report.json, report.png) is
 rebuilt from the finished stages.
+
+Metrics (`irevla.metrics_log`; ``logging`` in the config): every long stage writes ``metrics.jsonl`` and TensorBoard
+events (``tensorboard/``) into its own directory, and with ``logging.wandb.enabled`` one wandb run per directory::
+
+    sft/, stage2-K/     SFT: loss, lr, head_lr, grad_norm, samples_per_s, val_loss (step: optimiser step)
+    rl-K/               the actor, one record per episode (step: env steps so far): episode/success, episode/return,
+                        episode/steps, rolling_success, ...; rl/final_success after the final rollouts
+    rl-K/learner/       the learner process (step: updates): losses, alpha, Q values, updates_per_s, counters
+    eval/               after each evaluation (step: K of eval-K): success/<group>/<task> and success/<group>
+
+`tensorboard --logdir run_dir` shows them all.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from irevla.atomic_io import atomic_write_text
 from irevla.config import dump_config
 from irevla.errors import UserError
 from irevla.iterate.config import IterateConfig, TaskRef
+from irevla.metrics_log import MetricsLog, check_wandb
 
 Log = Callable[[str], None]
 STATE_FILE = "state.json"
@@ -200,7 +212,37 @@ def _learner_command(stage_dir: Path, config: IterateConfig) -> list[str]:
     return [sys.executable, "-m", "irevla", "learner", "serve", "--init", str(stage_dir / "learner_init"),
             "--out", str(stage_dir / "learner"), "--bind", "tcp://127.0.0.1:0",
             "--address-file", str(stage_dir / "learner.address"), "--threads", str(config.rl.learner_threads),
-            "--exit-with-parent"]
+            "--exit-with-parent", "--logging", str(stage_dir / "logging.yaml")]
+
+
+def _write_learner_logging(stage_dir: Path, config: IterateConfig, run_dir: Path) -> None:
+    """The learner process's metrics settings (``--logging``): the loop's, its wandb run named <run>/rl-K/learner."""
+    logging = config.logging
+    if logging.wandb.enabled:
+        logging = logging.model_copy(update={"wandb": config.stage_wandb(f"{stage_dir.name}/learner", run_dir)})
+    atomic_write_text(stage_dir / "logging.yaml", _dump(logging))
+
+
+def stage_metrics(config: IterateConfig, run_dir: Path, directory: str, resume_step: int | None,
+                  job_type: str) -> MetricsLog:
+    """The `MetricsLog` of one of the loop's own stage directories (run_dir/rl-K, run_dir/eval)."""
+    return MetricsLog(run_dir / directory, resume_step=resume_step, tensorboard=config.logging.tensorboard,
+                      wandb=config.stage_wandb(directory, run_dir), job_type=job_type,
+                      config=config.model_dump(mode="json"))
+
+
+def log_evaluation(config: IterateConfig, run_dir: Path, k: int, outputs: dict) -> None:
+    """eval-K's success rates into run_dir/eval (step K): per task and per group (mean over the group's tasks).
+    A rerun of eval-K replaces its record (the directory resumes from K - 1)."""
+    record: dict[str, Any] = {"step": k, "stage": f"eval-{k}"}
+    for group, tasks in outputs["groups"].items():
+        rates = [task["rate"] for task in tasks.values()]
+        for label, task in tasks.items():
+            record[f"success/{group}/{label}"] = task["rate"]
+        if rates:
+            record[f"success/{group}"] = sum(rates) / len(rates)
+    with stage_metrics(config, run_dir, "eval", k - 1 if k > 0 else None, "eval") as metrics:
+        metrics.write(record)
 
 
 def _start_learner(stage_dir: Path, config: IterateConfig, token_file: Path, log: Log) -> tuple[subprocess.Popen, str]:
@@ -208,6 +250,7 @@ def _start_learner(stage_dir: Path, config: IterateConfig, token_file: Path, log
     address_file.unlink(missing_ok=True)
     env = {**os.environ, "IREVLA_LEARNER_TOKEN_FILE": str(token_file), "JAX_PLATFORMS": os.environ.get(
         "JAX_PLATFORMS", "cpu")}
+    _write_learner_logging(stage_dir, config, stage_dir.parent)
     log_file = open(stage_dir / "learner.log", "ab")  # noqa: SIM115 -- handed to the child process
     process = subprocess.Popen(_learner_command(stage_dir, config), env=env, stdout=log_file,
                                stderr=subprocess.STDOUT)
@@ -261,7 +304,18 @@ def _write_learner_init(stage_dir: Path, config: IterateConfig, policy, ref: Tas
 
 def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log: Log,
              progress: Callable[[dict], None] | None = None) -> dict:
-    """Stage 1 on RL task k: the actor (this process) runs episodes, the learner (a child process) trains."""
+    """Stage 1 on RL task k: the actor (this process) runs episodes, the learner (a child process) trains.
+
+    The actor's metrics go to rl-K (one record per episode, step: env steps so far); a resumed stage drops the
+    records past the env steps actor.json counts."""
+    progress_file = run_dir / f"rl-{k}" / "actor.json"
+    resume_step = json.loads(progress_file.read_text())["env_steps"] if progress_file.is_file() else None
+    with stage_metrics(config, run_dir, f"rl-{k}", resume_step, "rl-actor") as metrics:
+        return _stage_rl(config, run_dir, k, policy_path, log, progress, metrics)
+
+
+def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log: Log,
+              progress: Callable[[dict], None] | None, metrics: MetricsLog) -> dict:
     import numpy as np
     import torch
 
@@ -331,6 +385,13 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
             history.append({"episode": episode_index, "success": bool(success), "steps": steps,
                             "explore": not collecting, "env_steps": state["env_steps"],
                             "head_version": actor.version})
+            # The record before the progress file: a resumed stage drops records past actor.json's env steps, so
+            # every counted episode has exactly one.
+            exploring = [h["success"] for h in history if h["explore"]][-rl.plateau_window:]
+            metrics.write({"step": state["env_steps"], "episode": episode_index, "episode/success": bool(success),
+                           "episode/return": float(episode.rewards.sum()), "episode/steps": steps,
+                           "episode/explore": not collecting, "rolling_success": float(np.mean(exploring))
+                           if exploring else 0.0, "successes": state["successes"], "head_version": actor.version})
             atomic_write_text(progress_file, json.dumps(state))
             if progress is not None:
                 progress({"episodes": state["episodes"], "env_steps": state["env_steps"],
@@ -351,6 +412,9 @@ def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log
     save_policy(policy, stage_dir / "policy", info={"stage": f"rl-{k}", "task": ref.label,
                                                     "episodes": state["episodes"], "env_steps": state["env_steps"]})
     final = _final_rollouts(config, ref, k, policy, state, progress_file, d_rl, image_size, log)
+    if final:  # one step past the episodes: a resumed stage (resume_step = env steps) drops and rewrites it
+        metrics.write({"step": state["env_steps"] + 1, "rl/final_success": float(np.mean(final)),
+                       "rl/final_rollouts": len(final)})
     explored = [h for h in state["history"] if h["explore"]]
     return {"policy": str(stage_dir / "policy"), "episodes": state["episodes"], "env_steps": state["env_steps"],
             "successes": state["successes"], "demo_rollout_successes": state["demo_successes"],
@@ -416,6 +480,7 @@ def run_iterate(config: IterateConfig, log: Log = print, progress_factory=None) 
     from irevla.iterate.report import write_report
 
     config.check_stages()  # every SFT stage's settings compose (ConfigError naming the key) before anything runs
+    check_wandb(config.logging.wandb)  # logging.wandb.enabled without wandb installed: say so now, not hours in
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "config.yaml"
@@ -451,6 +516,8 @@ def run_iterate(config: IterateConfig, log: Log = print, progress_factory=None) 
             outputs = stage_stage2(config, run_dir, k, current_policy(config, state, name), log)
         else:  # pragma: no cover - stage_names and this dispatch are written together
             raise LoopError(f"unknown stage {name}")
+        if name.startswith("eval-"):
+            log_evaluation(config, run_dir, int(name.split("-")[1]), outputs)
         state.finish(name, time.monotonic() - started, **outputs)
         if name.startswith("eval-") or name.startswith("rl-"):
             write_report(config, state, run_dir)

@@ -41,17 +41,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     algorithm = settings.get("algorithm", "sac")
     entry = get_algorithm(algorithm, where=f"{init / 'learner.yaml'}: algorithm")
     config = entry.config(settings, str(init / "learner.yaml"))
+    from irevla.config import load_config
+    from irevla.metrics_log import LoggingConfig, check_wandb
+
+    logging_config = load_config(args.logging, LoggingConfig) if args.logging else LoggingConfig()
+    check_wandb(logging_config.wandb)
+    if args.metrics_every < 1:
+        raise ConfigError(f"--metrics-every: expected a positive number of updates, got {args.metrics_every}")
 
     from irevla.atomic_io import atomic_write_text
     from irevla.head_file import load_head_arrays
     from irevla.learner.flax_head import HeadSpec
-    from irevla.learner.process import serve
+    from irevla.learner.process import learner_metrics, serve
     from irevla.learner.replay import LatentReplay
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     spec = HeadSpec.from_dict(spec_dict)
     snapshot = out / "snapshot"
-    if (snapshot / "learner.json").is_file():
+    resumed = (snapshot / "learner.json").is_file()
+    if resumed:
         learner = entry.restore(snapshot, spec, config)
         logging.info("resumed from %s: %d updates, %d episodes", snapshot, learner.updates, learner.episodes)
     else:
@@ -65,14 +73,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with LearnerServer(args.bind, auth) as server:
+    # out/metrics.jsonl + out/tensorboard (+ wandb): before listening, so a wandb failure stops the start; a resumed
+    # learner drops the records past its snapshot
+    with learner_metrics(out, logging_config, resume_step=learner.updates if resumed else None,
+                         config={"algorithm": algorithm, **settings}) as metrics, \
+            LearnerServer(args.bind, auth) as server:
         if args.address_file:
             atomic_write_text(args.address_file, server.address + "\n")
         logging.info("learner (%s, %s latents) serving on %s", algorithm, spec.latent, server.address)
         # Started by `irevla iterate`: if that process dies (even kill -9), the learner snapshots and exits instead of
         # running on as an orphan; the rerun starts a new one that resumes from the snapshot.
         parent = os.getppid() if args.exit_with_parent else None
-        serve(learner, server, out, stop=lambda: stopping["now"] or (parent is not None and os.getppid() != parent))
+        serve(learner, server, out, stop=lambda: stopping["now"] or (parent is not None and os.getppid() != parent),
+              metrics=metrics, metrics_every=args.metrics_every)
     logging.info("learner finished: %d updates, %d episodes (%d successes)", learner.updates, learner.episodes,
                  learner.successes)
     return 0

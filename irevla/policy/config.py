@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from irevla.config import ConfigModel
+from irevla.metrics_log import WandbConfig
 
 BackboneKind = Literal["blip2", "paligemma", "smolvlm", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 BackboneTraining = Literal["lora", "full", "frozen"]
@@ -180,6 +181,8 @@ class SFTTrainConfig(ConfigModel):
                                                                     "backward pass: less memory for a real-size "
                                                                     "VLM, ~30 % more compute, same gradients")
     tensorboard: bool = Field(default=True, description="also write TensorBoard events to <out>/tensorboard")
+    wandb: WandbConfig = Field(default_factory=WandbConfig, description=(
+        "also log to Weights & Biases (off by default; irevla.metrics_log.WandbConfig)"))
 
     @model_validator(mode="after")
     def _micro_batches_divide(self) -> SFTTrainConfig:
@@ -204,4 +207,5 @@ class SFTConfig(ConfigModel):
 # Keys that may change between a run and its resumption: they do not change what is computed.
 RESUMABLE_KEYS = frozenset({"train.steps", "train.eval_every", "train.val_batches", "train.checkpoint_every",
                             "train.log_every", "train.threads", "train.tensorboard", "data.num_workers", "out",
-                            "train.grad_accumulation", "train.gradient_checkpointing"})
+                            "train.grad_accumulation", "train.gradient_checkpointing",
+                            *(f"train.wandb.{key}" for key in WandbConfig.model_fields)})

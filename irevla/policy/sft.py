@@ -11,7 +11,8 @@ Run directory::
 
     <out>/config.yaml       the exact config (resuming checks the new one against it)
     <out>/metrics.jsonl     one JSON object per log line: {"step", "loss", "lr", ...} / {"step", "val_loss", ...}
-    <out>/tensorboard/      the same scalars for TensorBoard (train.tensorboard)
+    <out>/tensorboard/      the same scalars for TensorBoard (train.tensorboard; irevla.metrics_log)
+    <out>/wandb/            with train.wandb.enabled: wandb's local files (the run also goes to wandb)
     <out>/last/             policy/ + trainer.json + optimizer.safetensors: what --resume continues from
     <out>/policy/           the trained policy (irevla.policy.checkpoint format)
     <out>/summary.json      steps, final losses, throughput, checkpoint id
@@ -44,6 +45,7 @@ from irevla.data.stats import compute_stats
 from irevla.data.store import EpisodeCollection
 from irevla.data.torch_dataset import EpisodeStepDataset
 from irevla.errors import MissingFileError
+from irevla.metrics_log import MetricsLog, check_wandb
 from irevla.policy.checkpoint import load_policy, save_policy
 from irevla.policy.config import RESUMABLE_KEYS, SFTConfig
 from irevla.policy.errors import CheckpointError
@@ -344,46 +346,6 @@ def read_last(out: Path) -> tuple[VLAPolicy, dict]:
     return load_policy(last / "policy"), trainer
 
 
-# ---------------------------------------------------------------------------------------------------- logging
-class MetricsLog:
-    """metrics.jsonl (+ TensorBoard). On resume, lines past the resumed step (written after the last checkpoint
-    of the interrupted run) are dropped so that each step appears once."""
-
-    def __init__(self, out: Path, resume_step: int, tensorboard: bool) -> None:
-        self.path = out / "metrics.jsonl"
-        if resume_step and self.path.exists():
-            kept = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= resume_step:
-                        kept.append(line)
-                except (json.JSONDecodeError, AttributeError):  # a line cut short by the crash we resume from
-                    continue
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif self.path.exists():
-            self.path.unlink()
-        self.writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional; metrics.jsonl has everything
-                pass
-            else:
-                self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step or None)
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 # ------------------------------------------------------------------------------------------------------- train
 def _augment(images: dict[str, torch.Tensor], train_config, step: int) -> dict[str, torch.Tensor]:
     """Random shift, then colour jitter (each off at 0); a pure function of (seed, step)."""
@@ -464,6 +426,7 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
 
     say = log or (lambda message: None)
     train_config = config.train
+    check_wandb(train_config.wandb)  # enabled but not installed: say so before anything loads
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
     out = Path(config.out)
@@ -509,7 +472,10 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
                                                                accelerator.process_index, accelerator.num_processes,
                                                                weights),
                          num_workers=config.data.num_workers, collate_fn=default_collate)
-    metrics = MetricsLog(out, start_step, train_config.tensorboard) if main else None
+    # metrics.jsonl, <out>/tensorboard and (train.wandb) a wandb run; on resume, records past the checkpoint go
+    metrics = MetricsLog(out, resume_step=start_step if resume else None, tensorboard=train_config.tensorboard,
+                         wandb=train_config.wandb, run_name=out.name, job_type="stage2" if config.init else "sft",
+                         config=config.model_dump(mode="json")) if main else None
     processes = ProcessRecord(accelerator.process_index, accelerator.num_processes) \
         if accelerator.num_processes > 1 else None
     info_base = {"stage": "sft", "data_dirs": list(config.data.dirs), "train_episodes": len(data.train_episodes),

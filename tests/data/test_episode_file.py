@@ -115,7 +115,7 @@ def test_info_checks_layout_without_reading_data(tmp_path: Path) -> None:
 def test_readers_ignore_unknown_extras(tmp_path: Path) -> None:
     episode = make_episode(4, n_steps=5)
     path = write_episode_file(episode, tmp_path)
-    edit_file(path, lambda f: (f.create_dataset("depth", data=np.zeros(3)), f.attrs.__setitem__("operator", "ann")))
+    edit_file(path, lambda f: (f.create_dataset("thermal", data=np.zeros(3)), f.attrs.__setitem__("operator", "ann")))
     assert read_episode(path) == episode
 
 
@@ -133,3 +133,30 @@ def test_copied_file_reads_the_same(tmp_path: Path) -> None:
     copy.mkdir()
     shutil.copy(path, copy / path.name)
     assert read_episode(copy / path.name) == episode
+
+
+def test_depth_round_trips_and_is_checked(tmp_path: Path) -> None:
+    """The optional depth stream (uint16 millimetres, aligned to a colour camera) is written and read bit-exact;
+    a depth of the wrong dtype, shape or camera is refused naming the camera, in memory and in a file."""
+    import dataclasses
+
+    from irevla.spec import ContractError
+
+    base = make_episode(5, n_steps=4, task=make_task(cameras={"front": (8, 10), "wrist": (6, 6)}))
+    depth = np.random.default_rng(0).integers(0, 65535, (5, 8, 10), dtype=np.uint16)
+    episode = dataclasses.replace(base, depth={"front": depth})
+    path = write_episode_file(episode, tmp_path)
+    back = read_episode(path)
+    assert back == episode and back.depth["front"].tobytes() == depth.tobytes()
+    assert back != base  # depth takes part in equality
+    assert read_episode(write_episode_file(base, tmp_path)).depth is None
+    with pytest.raises(ContractError, match=r"depth\['front'\].*uint16"):
+        dataclasses.replace(base, depth={"front": depth.astype(np.float32)})
+    with pytest.raises(ContractError, match=r"depth\['front'\].*\(5, 8, 10\)"):
+        dataclasses.replace(base, depth={"front": depth[:, :4]})
+    with pytest.raises(ContractError, match=r"depth\['side'\].*colour cameras"):
+        dataclasses.replace(base, depth={"side": depth})
+    with h5py.File(path, "a") as file:
+        file["depth/side"] = file["depth/front"][()]
+    with pytest.raises(EpisodeFormatError, match=r"depth/side.*no colour camera"):
+        read_episode(path)

@@ -20,6 +20,9 @@ import yaml
 
 from irevla.data.store import EpisodeStore
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_metrics_log import tensorboard_scalars  # noqa: E402
+
 pytest.importorskip("jax")
 pytest.importorskip("metaworld")
 
@@ -32,7 +35,7 @@ def _config(run_dir: Path, sft_steps: int = 20) -> dict:
         "demos": {"tasks": ["button-press-v3"], "episodes": 3, "seed": 0, "render": {"image_size": 32, "fast": True}},
         "sft_config": str(REPO / "config" / "sft.yaml"),
         "sft_overrides": {"train.steps": sft_steps, "train.eval_every": 10, "train.checkpoint_every": 5,
-                          "train.batch_size": 8, "policy.backbone.image_size": 32, "train.tensorboard": False},
+                          "train.batch_size": 8, "policy.backbone.image_size": 32},
         "rl_tasks": [{"task": "button-press-v3", "variation": "hand:0.06,0,0"}],
         "unseen_tasks": [{"task": "button-press-v3", "variation": "color:red"}],
         "rl": {"demo_rollouts": 1, "demo_rollout_attempts": 1, "max_env_steps": 600, "max_episode_steps": 100,
@@ -115,9 +118,48 @@ def test_kill_during_sft_and_during_rl_then_resume(tmp_path):
     assert state["stages"]["sft"]["resumed_from_step"] >= 5
     steps = [json.loads(line)["step"] for line in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 20 and steps == sorted(steps)
+    _assert_stage_metrics(run_dir, json.loads(progress.read_text()))
     assert (run_dir / "report.md").is_file() and (run_dir / "report.png").stat().st_size > 1000
     report = json.loads((run_dir / "report.json").read_text())
     assert [e["stage"] for e in report["evaluations"]] == ["eval-0", "eval-1"]
     # The learner of the killed run exited on its own (it watches its parent); no orphan holds the stage.
     out = subprocess.run(["pgrep", "-f", f"irevla learner serve --init {run_dir}"], capture_output=True, text=True)
     assert out.stdout.strip() == "", out.stdout
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _tb_steps(directory: Path, tag: str) -> list[int]:
+    return [step for step, _ in tensorboard_scalars(directory)[tag]]
+
+
+def _assert_stage_metrics(run_dir: Path, actor: dict) -> None:
+    """Every long stage logged into its directory, and the kills + resumes left each step once (metrics.jsonl and
+    TensorBoard alike)."""
+    # SFT, killed and resumed: one TensorBoard curve over both runs, each logged step once.
+    sft_steps = [r["step"] for r in _jsonl(run_dir / "sft" / "metrics.jsonl") if "loss" in r]
+    assert _tb_steps(run_dir / "sft" / "tensorboard", "loss") == sft_steps == sorted(set(sft_steps))
+    assert _tb_steps(run_dir / "sft" / "tensorboard", "val_loss") == [10, 20]
+    assert _tb_steps(run_dir / "stage2-1" / "tensorboard", "loss")[-1] == 10
+    # Stage 1's actor, killed and resumed: one record per counted episode (step: env steps), then the final head's.
+    episodes = [h["env_steps"] for h in actor["history"]]
+    records = _jsonl(run_dir / "rl-1" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [*episodes, episodes[-1] + 1]
+    assert records[-1]["rl/final_success"] == sum(actor["final"]) / len(actor["final"])
+    for tag in ("episode/success", "episode/return", "episode/steps", "rolling_success"):
+        assert _tb_steps(run_dir / "rl-1" / "tensorboard", tag) == episodes, tag
+    # The learner process (restarted from its snapshot): update statistics, strictly increasing update counts.
+    learner = [r["step"] for r in _jsonl(run_dir / "rl-1" / "learner" / "metrics.jsonl")]
+    assert learner and learner == sorted(set(learner))
+    for tag in ("critic_loss", "actor_loss", "alpha", "q_mean", "updates_per_s", "learner/episodes"):
+        assert _tb_steps(run_dir / "rl-1" / "learner" / "tensorboard", tag) == learner, tag
+    # The evaluations, one point per round.
+    evaluations = _jsonl(run_dir / "eval" / "metrics.jsonl")
+    assert [r["step"] for r in evaluations] == [0, 1]
+    scalars = tensorboard_scalars(run_dir / "eval" / "tensorboard")
+    for tag in ("success/expert", "success/rl", "success/unseen", "success/expert/button-press-v3",
+                "success/rl/button-press-v3_hand_0.06_0_0_", "success/unseen/button-press-v3_color_red_"):
+        assert [step for step, _ in scalars[tag]] == [0, 1], tag
+    assert "success/rl/button-press-v3[hand:0.06,0,0]" in evaluations[1]

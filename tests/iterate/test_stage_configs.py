@@ -36,7 +36,10 @@ DEMO_STAGE0 = {
               "head_lr": 0.0001, "huber_delta": 1.0, "jitter_brightness": 0.0, "jitter_contrast": 0.0,
               "jitter_saturation": 0.0, "log_every": 50, "loss": "mse", "lr": 0.0001, "mixed_precision": "no",
               "schedule": "cosine", "seed": 0, "shift_pixels": 0, "steps": 1200, "tensorboard": True, "threads": 1,
-              "val_batches": 20, "warmup_steps": 50, "weight_decay": 0.01},
+              "val_batches": 20, "warmup_steps": 50, "weight_decay": 0.01,
+              # the loop sets train.wandb from its logging.wandb (off by default: wandb's defaults)
+              "wandb": {"dir": None, "enabled": False, "entity": None, "group": None, "mode": None, "name": None,
+                        "project": "irevla", "tags": []}},
 }
 # Stage 2 after RL task 1 differs from stage 0 in exactly these keys.
 DEMO_STAGE2_CHANGES = {

@@ -1,6 +1,8 @@
 """The SFT trainer: learns, writes its run directory, resumes exactly, refuses what would silently go wrong."""
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from irevla.policy.checkpoint import load_policy, read_manifest
 from irevla.policy.config import SFTConfig
 from irevla.policy.sft import batch_indices, learning_rate_factor, masked_mse, run_sft
 from irevla.spec import Observation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_metrics_log import tensorboard_scalars, wandb_offline_history  # noqa: E402
 
 
 def sft_config(data_dir, out, policy=None, **train):
@@ -42,7 +47,10 @@ def test_sft_learns_the_rule_and_writes_its_run_directory(dataset_dir, tmp_path)
     assert result.steps == 100 and result.train_episodes + result.val_episodes == 8 and result.val_episodes >= 1
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "tensorboard", "last", "policy",
                                                "summary.json"}
-    assert list((out / "tensorboard").iterdir())
+    scalars = tensorboard_scalars(out / "tensorboard")  # TensorBoard shows the same points as metrics.jsonl
+    assert set(scalars) == {"loss", "lr", "head_lr", "grad_norm", "samples_per_s", "elapsed_s", "val_loss"}
+    assert [step for step, _ in scalars["loss"]] == [20, 40, 60, 80, 100]
+    assert [step for step, _ in scalars["val_loss"]] == [50, 100]
     records = _metrics(out)
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [20, 40, 60, 80, 100]
@@ -67,7 +75,7 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(datase
     policy_config = tiny_config("qwen2_vl", training="lora")
     straight = run_sft(sft_config(dataset_dir, tmp_path / "straight", policy_config, steps=8, log_every=2,
                                   eval_every=4, checkpoint_every=4, warmup_steps=3), log=None)
-    options = dict(steps=8, log_every=2, eval_every=4, checkpoint_every=4, warmup_steps=3)
+    options = dict(steps=8, log_every=2, eval_every=4, checkpoint_every=4, warmup_steps=3, tensorboard=True)
     first = run_sft(sft_config(dataset_dir, tmp_path / "resumed", policy_config, **options), stop_after=5, log=None)
     assert first.steps == 5 and first.policy_dir == ""  # stopped early: no final policy yet
     assert json.loads((tmp_path / "resumed" / "last" / "trainer.json").read_text())["step"] == 5
@@ -80,19 +88,30 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(datase
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     steps = [r["step"] for r in _metrics(tmp_path / "resumed") if "loss" in r]
     assert steps == [2, 4, 5, 6, 8]  # each step once: 5 is where the first run stopped
+    scalars = tensorboard_scalars(tmp_path / "resumed" / "tensorboard")  # two event files, one curve
+    assert [step for step, _ in scalars["loss"]] == [2, 4, 5, 6, 8]
+    assert [step for step, _ in scalars["val_loss"]] == [4, 8]
     optimizer = load_file(str(tmp_path / "resumed" / "last" / "optimizer.safetensors"))
     assert any(name.endswith(".exp_avg") for name in optimizer)
 
 
-def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_an_existing_one(dataset_dir, tmp_path):
+def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_an_existing_one(dataset_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     run_sft(sft_config(dataset_dir, out, steps=2, checkpoint_every=1), log=None)
     with pytest.raises(ConfigError, match="already holds an SFT run; pass --resume"):
         run_sft(sft_config(dataset_dir, out, steps=2), log=None)
     with pytest.raises(ConfigError, match=r"train.lr: the run was started with 0.001, the config now says 0.01"):
         run_sft(sft_config(dataset_dir, out, steps=4, lr=0.01), resume=True, log=None)
-    more = run_sft(sft_config(dataset_dir, out, steps=4, log_every=1), resume=True, log=None)  # steps may grow
+    # steps may grow, and the logging may change: here wandb (offline, nothing leaves the machine)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    more = run_sft(sft_config(dataset_dir, out, steps=4, log_every=1, wandb={"enabled": True, "mode": "offline"}),
+                   resume=True, log=None)
     assert more.steps == 4
+    runs = wandb_offline_history(tmp_path / "wandb")
+    assert list(runs) == [(out / "wandb.id").read_text().strip()]
+    assert [row["_step"] for row in runs[list(runs)[0]] if "loss" in row] == [3, 4]
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         (tmp_path / "other").mkdir()
         from irevla.config import dump_config
