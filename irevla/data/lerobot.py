@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -166,15 +167,39 @@ def _quiet_encoder() -> None:
 
 
 def encode_video(frames: np.ndarray, path: Path, fps: float, codec: str = "av1", crf: int = 30) -> None:
-    """Encode uint8 (N, H, W, 3) RGB frames as yuv420p video, frame i at pts i / fps (LeRobot's timestamps)."""
-    import av
+    """Encode uint8 (N, H, W, 3) RGB frames as yuv420p video, frame i at pts i / fps (LeRobot's timestamps).
 
-    _quiet_encoder()
+    The encoder runs in a thread of its own. SVT-AV1 (libsvtav1, LeRobot's codec), when the process runs as root (a
+    container, CI, many robot PCs), switches the thread that opens it to SCHED_FIFO at real-time priority, and every
+    thread and process started from that thread afterwards inherits it: a later busy loop then starves the whole
+    machine (the test suite once hung for an hour that way, its own timeouts never scheduled). Opened from a
+    short-lived thread, the switch dies with that thread and the caller keeps its scheduling.
+    """
     height, width = frames.shape[1:3]
     if codec not in CODECS:
         raise LeRobotFormatError(f"codec {codec!r}: expected one of {sorted(CODECS)}")
     if height % 2 or width % 2:
         raise LeRobotFormatError(f"{path}: yuv420p video needs even image sizes, got {height}x{width}")
+    failure: list[BaseException] = []
+
+    def encode() -> None:
+        try:
+            _encode(frames, path, fps, codec, crf)
+        except BaseException as error:  # re-raised in the caller's thread
+            failure.append(error)
+
+    worker = threading.Thread(target=encode, name=f"encode {path.name}")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+def _encode(frames: np.ndarray, path: Path, fps: float, codec: str, crf: int) -> None:
+    import av
+
+    _quiet_encoder()
+    height, width = frames.shape[1:3]
     rate = _fps_fraction(fps)
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream(CODECS[codec], rate=rate)

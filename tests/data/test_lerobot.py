@@ -24,7 +24,7 @@ pytest.importorskip("av")
 
 from irevla.cli import main  # noqa: E402
 from irevla.data.episode_file import read_episode  # noqa: E402
-from irevla.data.lerobot import LeRobotFormatError, export_lerobot, import_lerobot, psnr  # noqa: E402
+from irevla.data.lerobot import LeRobotFormatError, encode_video, export_lerobot, import_lerobot, psnr  # noqa: E402
 from irevla.data.store import EpisodeStore  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -69,6 +69,17 @@ def run_lerobot(*args: str) -> None:
     result = subprocess.run([str(LEROBOT_PYTHON), str(HERE / "lerobot_side.py"), *args], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_encoding_leaves_the_callers_scheduling_alone(tmp_path: Path) -> None:
+    # As root (CI, containers, many robot PCs) SVT-AV1 turns the thread that opens it into SCHED_FIFO; encode_video opens
+    # it from a thread of its own, so the caller, and everything it starts later, keeps normal scheduling.
+    before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    encode_video(np.zeros((3, 16, 16, 3), np.uint8), tmp_path / "v.mp4", 10.0, codec="av1")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
+    assert (tmp_path / "v.mp4").stat().st_size > 0
+    with pytest.raises(LeRobotFormatError, match="v.mp4: yuv420p video needs even image sizes, got 15x16"):
+        encode_video(np.zeros((3, 15, 16, 3), np.uint8), tmp_path / "v.mp4", 10.0)
 
 
 def test_round_trip_is_exact_for_arrays_and_close_for_images(tmp_path: Path) -> None:
