@@ -65,7 +65,8 @@ def _hand_eye_publishers(files, child_frames):
 
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument("backend", default_value="franka_ros2", description="franka_ros2 | multipanda | sim"),
+        DeclareLaunchArgument("backend", default_value="franka_ros2", choices=["franka_ros2", "multipanda", "sim"],
+                              description="the control backend (docs/robot.md)"),
         DeclareLaunchArgument("robot_ip", default_value="",
                               description="the arm's IP (see docs/robot.md); required with start_driver:=true"),
         DeclareLaunchArgument("start_driver", default_value="false",
