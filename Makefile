@@ -83,6 +83,8 @@ $(JAZZY_VENV)/.installed: tools/ros2/jazzy-requirements.txt $(VENV)/.test-instal
 	$(JAZZY_VENV)/bin/python -c "import site, sysconfig, pathlib; \
 		main = sysconfig.get_path('purelib', vars={'base': '$(CURDIR)/$(VENV)'}); \
 		pathlib.Path(sysconfig.get_path('purelib'), 'zz_irevla_main_venv.pth').write_text(f'import site; site.addsitedir({main!r})\\n')"
+	$(JAZZY_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .  # the node executables, on Jazzy's python
+	test -x $(JAZZY_VENV)/bin/franka_control
 	env -u LD_LIBRARY_PATH -u _ROS_WHEELS_BOOTSTRAP_COMPLETE $(JAZZY_VENV)/bin/python -c "import importlib.metadata as m, rclpy, irevla, std_srvs.srv; \
 		v = m.version('ros-rclpy'); assert v == '7.1.6', v; assert '$(JAZZY_VENV)' in rclpy.__file__, rclpy.__file__; \
 		print('rclpy', v, 'from', rclpy.__file__)"

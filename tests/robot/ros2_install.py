@@ -1,7 +1,7 @@
 """The robot PC's first two commands, for the tests: `colcon build` of this package and the environment of its install
 space (what `source install/setup.bash` gives), plus ROS 2's own launch.
 
-- colcon (colcon-core, colcon-ros, colcon-python-setup-py: the dev extra) builds this repository as the ament_python
+- colcon (colcon-core, colcon-ros, colcon-python-setup-py, colcon-package-selection: the dev extra) builds this repository as the ament_python
   package it is, into a temporary workspace, with this environment's Python, so the node executables' shebangs
   point at an interpreter that has rclpy and irevla's dependencies (as the system Python does on a ROS 2 machine).
 - launch / launch_ros are not on the package index: `make ros2-launch` (which .ci/run calls when ../shared exists)
@@ -27,6 +27,15 @@ ENABLE_LAUNCH = ("ROS 2 launch is not installed: run `make ros2-launch SHARED=..
                  "machine `source /opt/ros/<distro>/setup.bash`")
 
 
+def _rclpy_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("ros-rclpy")
+    except importlib.metadata.PackageNotFoundError:  # rclpy of a ROS 2 installation (/opt/ros), not a wheel
+        return ""
+
+
 def require_colcon() -> None:
     if importlib.util.find_spec("colcon_core") is None or importlib.util.find_spec("colcon_ros") is None:
         pytest.skip("colcon is not installed (pip install colcon-core colcon-ros colcon-python-setup-py; the dev extra)")
@@ -38,6 +47,9 @@ def require_launch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         reason = f"{ENABLE_LAUNCH} ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''})"
+        if _rclpy_version().startswith("7."):
+            reason = ("on ROS 2 Jazzy's rclpy (make test-ros ROS=jazzy) launch_ros needs composition_interfaces built "
+                      "against Jazzy's rosidl; make ros2-launch builds them for Kilted's, in .venv, where these tests run")
         if os.environ.get("IREVLA_REQUIRE_LAUNCH"):  # .ci/run prepared launch: a skip would hide a broken setup
             pytest.fail(f"IREVLA_REQUIRE_LAUNCH is set but {reason}")
         pytest.skip(reason)
