@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from geometry_msgs.msg import PoseStamped
@@ -207,6 +208,11 @@ class FrankaRos2Backend:
             franka_msgs = require_franka_msgs("error recovery")
         except RuntimeError as exc:
             done(False, str(exc))
+            return
+        if not hasattr(franka_msgs.action, "ErrorRecovery"):  # franka_ros2's humble-era franka_msgs has none
+            done(False, f"this franka_msgs ({Path(franka_msgs.__file__).parent}) has no ErrorRecovery action "
+                        f"(franka_ros2 added it after the humble branch): clear the error in Desk or with the "
+                        f"robot's user stop, or build a newer franka_ros2")
             return
         from rclpy.action import ActionClient
 
