@@ -149,6 +149,24 @@ def rotate_towards(start: Any, goal: Any, max_angle: float) -> np.ndarray:
     return _canonical((step * start_rotation).as_quat())
 
 
+def swing_twist_z(q: Any) -> tuple[np.ndarray, float]:
+    """Split a unit quaternion (x, y, z, w) as ``swing * twist``: `twist` a rotation about the body z axis by `yaw`
+    (returned as the angle, in (-pi, pi]), `swing` a rotation about an axis perpendicular to z whose angle is the
+    angle between the rotated and the original z axis (the tilt). At a tilt of pi (z flipped) the twist is undefined
+    and taken as 0."""
+    x, y, z, w = normalize_quaternion(q)
+    norm = float(np.hypot(z, w))
+    if norm < 1e-9:
+        return _canonical(np.array([x, y, z, w])), 0.0
+    twist = np.array([0.0, 0.0, z / norm, w / norm])
+    yaw = float(np.arctan2(twist[2], twist[3]) * 2.0)
+    yaw = float((yaw + np.pi) % (2 * np.pi) - np.pi)
+    if yaw == -np.pi:
+        yaw = np.pi
+    swing = quaternion_multiply([x, y, z, w], quaternion_conjugate(twist))
+    return swing, yaw
+
+
 # --------------------------------------------------------------------------------------------- proprio feature
 def ee_rotation_feature(matrix: Any, reference: Any) -> np.ndarray:
     """The proprio EE-rotation entries (float32[3]): axis-angle of ``matrix @ reference^T``, the rotation that takes

@@ -150,6 +150,13 @@ def add_calibrate_parser(subparsers: Any, ros_sources: Callable[[], Any] | None 
                         help="where corner poses come from (default: %(default)s)")
     workspace.add_argument("--margin", type=float, help="metres to shrink the box by on each side "
                                                         "(default: config workspace_margin, 0.02)")
+    workspace.add_argument("--max-tilt", type=float, metavar="RAD",
+                           help="orientation limit: the tool axis stays within this angle of the nominal's (rad; "
+                                "default: the safety config's, 1.0)")
+    workspace.add_argument("--yaw", type=float, nargs=2, metavar=("MIN", "MAX"),
+                           help="orientation limit: rotation about the tool axis relative to the nominal (rad)")
+    workspace.add_argument("--nominal", type=float, nargs=4, metavar=("QX", "QY", "QZ", "QW"),
+                           help="nominal tool orientation, base frame (default: pointing down, 1 0 0 0)")
     workspace.add_argument("--frame", help="base frame of the limits (default: config frames.robot_base_frame)")
     workspace.add_argument("--pose-topic", help="pose topic (default: config ros.pose_topic)")
     workspace.add_argument("--out", type=Path, default=Path("config/workspace.yaml"),
@@ -451,6 +458,7 @@ def _run_workspace(args: argparse.Namespace) -> int:
     from irevla.calibration.workspace import (
         box_from_limits,
         box_from_points,
+        with_orientation_limits,
         write_workspace_box,
     )
 
@@ -479,10 +487,18 @@ def _run_workspace(args: argparse.Namespace) -> int:
             for close in closers:
                 close()
         box = box_from_points(points, margin, frame)
+    if args.max_tilt is not None or args.yaw is not None or args.nominal is not None:
+        if args.max_tilt is None:
+            raise CalibrationError("--yaw / --nominal need --max-tilt (rad; 3.1416 for no cone)")
+        box = with_orientation_limits(box, args.max_tilt, args.yaw, args.nominal)
     write_workspace_box(args.out, box)
     print(f"workspace box in {box.frame} (after a {box.margin:.3f} m margin): "
           f"x {box.min[0]:+.3f}..{box.max[0]:+.3f}  y {box.min[1]:+.3f}..{box.max[1]:+.3f}  "
           f"z {box.min[2]:+.3f}..{box.max[2]:+.3f} m")
+    if box.max_tilt is not None:
+        yaw = "" if box.yaw_min is None else f", yaw {box.yaw_min:+.3f}..{box.yaw_max:+.3f} rad"
+        print(f"orientation limits: tilt <= {box.max_tilt:.3f} rad{yaw} around "
+              f"{list(box.orientation_nominal) if box.orientation_nominal else 'the safety config nominal'}")
     print(f"wrote {args.out}")
     return 0
 

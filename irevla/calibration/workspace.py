@@ -8,6 +8,7 @@ are the limits to enforce; ``recorded_min``/``recorded_max`` are what was measur
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,13 @@ class WorkspaceBox(ConfigModel):
     recorded_min: Vector3 | None = None
     recorded_max: Vector3 | None = None
     points: int = Field(default=0, ge=0, description="how many corner positions were recorded")
+    # Orientation limits (optional; the safety config's apply when absent): see irevla/robot/safety.py.
+    orientation_nominal: tuple[float, float, float, float] | None = Field(
+        default=None, description="nominal tool orientation x y z w in the base frame")
+    max_tilt: float | None = Field(default=None, gt=0, le=math.pi,
+                                   description="rad the tool axis may tilt from the nominal's")
+    yaw_min: float | None = Field(default=None, ge=-math.pi, le=math.pi, description="rad about the tool axis")
+    yaw_max: float | None = Field(default=None, ge=-math.pi, le=math.pi, description="rad about the tool axis")
 
     @model_validator(mode="after")
     def _check(self) -> WorkspaceBox:
@@ -47,6 +55,17 @@ class WorkspaceBox(ConfigModel):
                 raise ValueError(f"{axis} limits must be finite, got {low} .. {high}")
             if high - low < MIN_EXTENT_M:
                 raise ValueError(f"{axis}: max - min = {high - low:.3f} m, need at least {MIN_EXTENT_M} m")
+        if (self.yaw_min is None) != (self.yaw_max is None):
+            raise ValueError("yaw_min and yaw_max go together: give both or neither")
+        if self.yaw_min is not None and not self.yaw_max > self.yaw_min:
+            raise ValueError(f"yaw_max ({self.yaw_max}) must be greater than yaw_min ({self.yaw_min})")
+        if (self.orientation_nominal is not None or self.yaw_min is not None) and self.max_tilt is None:
+            raise ValueError("orientation limits need max_tilt (rad; pi for no cone)")
+        if self.orientation_nominal is not None:
+            norm = float(np.linalg.norm(self.orientation_nominal))
+            if not (np.isfinite(norm) and abs(norm - 1.0) < 1e-3):
+                raise ValueError(f"orientation_nominal {list(self.orientation_nominal)} must be a unit quaternion "
+                                 f"x y z w (norm {norm:.3f})")
         return self
 
     def contains(self, position: Sequence[float]) -> bool:
@@ -96,6 +115,18 @@ def box_from_points(points: Sequence[Sequence[float]], margin: float, frame: str
         raise CalibrationError(f"need at least 2 recorded corners (opposite corners of the box), got {len(array)}")
     return box_from_limits(array.min(axis=0), array.max(axis=0), margin, frame, source="corners",
                            points=len(array))
+
+
+def with_orientation_limits(box: WorkspaceBox, max_tilt: float, yaw: Sequence[float] | None = None,
+                            nominal: Sequence[float] | None = None) -> WorkspaceBox:
+    """The box with orientation limits: a cone of `max_tilt` rad around the nominal tool axis and a yaw range (rad)."""
+    fields = {"max_tilt": float(max_tilt), "yaw_min": None if yaw is None else float(yaw[0]),
+              "yaw_max": None if yaw is None else float(yaw[1]),
+              "orientation_nominal": None if nominal is None else tuple(float(v) for v in nominal)}
+    try:
+        return WorkspaceBox.model_validate(box.model_dump() | fields)
+    except ValueError as exc:
+        raise CalibrationError(f"orientation limits: {exc}") from None
 
 
 def write_workspace_box(path: str | Path, box: WorkspaceBox) -> Path:

@@ -12,6 +12,7 @@ same section, so renaming a topic is a change in one YAML file per node (or a la
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -94,12 +95,28 @@ class SafetyConfig(ConfigModel):
                                                                             "measured orientation (rad)")
     min_step_time: float = Field(default=0.02, gt=0, description="velocity limits use at least this time between "
                                                                  "commands (s), so a burst cannot stall")
+    # Orientation limits (SERL's box bounds orientation too): a cone for the tool axis plus a yaw range about it, both
+    # around a nominal tool orientation. A workspace_file that holds them overrides these.
+    orientation_nominal: Quaternion = Field(default=HOME_ORIENTATION, description="nominal tool orientation x y z w "
+                                            "(base frame) the orientation limits are around; default: pointing down")
+    max_tilt: float = Field(default=1.0, gt=0, le=math.pi, description="the tool z axis stays within this angle "
+                                                                       "(rad) of the nominal's; pi: no cone")
+    yaw_min: float = Field(default=-math.pi, ge=-math.pi, le=math.pi, description="lowest rotation about the tool "
+                                                                                  "axis relative to the nominal (rad)")
+    yaw_max: float = Field(default=math.pi, ge=-math.pi, le=math.pi, description="highest rotation about the tool "
+                                                                                 "axis (rad); -pi..pi: no yaw limit")
 
     @model_validator(mode="after")
     def _box(self) -> SafetyConfig:
         for axis, low, high in zip("xyz", self.workspace_min, self.workspace_max):
             if not high > low:
                 raise ValueError(f"workspace_max.{axis} ({high}) must be greater than workspace_min.{axis} ({low})")
+        if not self.yaw_max > self.yaw_min:
+            raise ValueError(f"yaw_max ({self.yaw_max}) must be greater than yaw_min ({self.yaw_min})")
+        norm = math.sqrt(sum(v * v for v in self.orientation_nominal))
+        if not (math.isfinite(norm) and abs(norm - 1.0) < 1e-3):
+            raise ValueError(f"orientation_nominal {list(self.orientation_nominal)} must be a unit quaternion x y z w "
+                             f"(norm {norm:.3f})")
         return self
 
 

@@ -107,6 +107,19 @@ def test_workspace_errors_write_nothing(tmp_path, monkeypatch, capsys):
     assert yaml.safe_load(out.read_text())["min"] == pytest.approx([0.32, -0.28, 0.02])
 
 
+def test_workspace_with_orientation_limits(tmp_path, capsys):
+    out = tmp_path / "workspace.yaml"
+    limits = ["calibrate", "workspace", "--limits", "0.3", "-0.3", "0.0", "0.7", "0.3", "0.5", "--out", str(out)]
+    assert main([*limits, "--yaw", "-1", "1"]) == 2  # a yaw range without the cone's angle
+    assert "--yaw / --nominal need --max-tilt" in capsys.readouterr().err and not out.exists()
+    assert main([*limits, "--max-tilt", "0.8", "--yaw", "1", "-1"]) == 2
+    assert "yaw_max (-1.0) must be greater than yaw_min (1.0)" in capsys.readouterr().err and not out.exists()
+    assert main([*limits, "--max-tilt", "0.8", "--yaw", "-1", "1"]) == 0
+    assert "orientation limits: tilt <= 0.800 rad, yaw -1.000..+1.000 rad" in capsys.readouterr().out
+    data = yaml.safe_load(out.read_text())
+    assert (data["max_tilt"], data["yaw_min"], data["yaw_max"], data["orientation_nominal"]) == (0.8, -1.0, 1.0, None)
+
+
 def test_bad_config_names_file_and_key(tmp_path, capsys):
     config = tmp_path / "calibration.yaml"
     config.write_text("board:\n  square_length: 0.02\n  marker_length: 0.03\n")

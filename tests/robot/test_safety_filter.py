@@ -1,8 +1,10 @@
 """The safety filter: unit cases, then a property-based fuzz of >= 10,000 random, NaN, inf and huge commands.
 
-Invariants checked on every command (irevla/robot/safety.py's docstring): the target stays in the workspace box,
-never moves more than the per-step / velocity limits from the previous target, is finite with a unit quaternion,
-and a command with any NaN/inf is rejected with the previous target kept (nothing of it forwarded).
+Invariants checked on every command (irevla/robot/safety.py's docstring): the target stays in the workspace box
+and, when the previous target was inside them, in the orientation limits; it never moves more than the per-step /
+velocity limits from the previous target, is finite with a unit quaternion, and a command with any NaN/inf is
+rejected with the previous target kept (nothing of it forwarded). The orientation limits alone are fuzzed with 10,000
+more rotations, near +-pi and degenerate ones included.
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from irevla.robot.config import SafetyConfig
-from irevla.robot.safety import EPSILON, Command, PoseTarget, SafetyFilter
-from irevla.rotations import Pose, quaternion_angle, rotvec_to_quaternion
+from irevla.robot.safety import EPSILON, Command, OrientationLimits, PoseTarget, SafetyFilter
+from irevla.rotations import (
+    Pose,
+    PoseError,
+    normalize_quaternion,
+    quaternion_angle,
+    quaternion_multiply,
+    rotvec_to_quaternion,
+)
 
 CONFIG = SafetyConfig()
+# Orientation limits with every part on: a 0.6 rad cone and a yaw range that does not contain 0's opposite.
+LIMITED = SafetyConfig(max_tilt=0.6, yaw_min=-0.5, yaw_max=0.8)
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])
 FUZZ_COMMANDS = 10_000
 
@@ -122,6 +133,92 @@ def test_missing_workspace_file_names_the_file(tmp_path):
         SafetyFilter.from_config(CONFIG.model_copy(update={"workspace_file": str(tmp_path / "workspace_missing.yaml")}))
 
 
+def tool_turn(rotvec) -> np.ndarray:
+    """DOWN turned by `rotvec` in the tool frame (z = the tool axis)."""
+    return quaternion_multiply(DOWN, rotvec_to_quaternion(rotvec))
+
+
+def test_orientation_limits_clip_the_tilt_and_the_yaw():
+    limits = OrientationLimits(DOWN, max_tilt=0.6, yaw_min=-0.5, yaw_max=0.8)
+    tilt, yaw = limits.tilt_and_yaw(tool_turn([0.3, 0.0, 0.0]))
+    assert tilt == pytest.approx(0.3) and yaw == pytest.approx(0.0, abs=1e-12)
+    clipped, change = limits.clip(tool_turn([1.4, 0.0, 0.0]))  # tilted 1.4 rad about the tool x axis
+    assert limits.tilt_and_yaw(clipped) == pytest.approx((0.6, 0.0), abs=1e-9) and "tilt 1.400->0.600" in change
+    clipped, change = limits.clip(tool_turn([0.0, 0.0, 2.0]))  # 2 rad about the tool axis: the nearer bound, 0.8
+    assert limits.tilt_and_yaw(clipped) == pytest.approx((0.0, 0.8), abs=1e-9) and "yaw" in change
+    clipped, _ = limits.clip(tool_turn([0.0, 0.0, -2.9]))  # nearer to -0.5 than to 0.8 around the circle
+    assert limits.tilt_and_yaw(clipped)[1] == pytest.approx(-0.5)
+    inside = tool_turn([0.2, -0.1, 0.4])
+    same, change = limits.clip(inside)
+    assert change is None and quaternion_angle(same, inside) < 1e-12
+    wrapped = OrientationLimits(DOWN, max_tilt=np.pi, yaw_min=-np.pi, yaw_max=-2.5)  # a range ending at -pi
+    clipped, change = wrapped.clip(tool_turn([0, 0, 3.0]))  # 3.0 is nearer to -pi (= pi) than to -2.5
+    assert wrapped.contains(clipped) and abs(wrapped.tilt_and_yaw(clipped)[1]) == pytest.approx(np.pi)
+    assert wrapped.contains(tool_turn([0, 0, np.pi])) and wrapped.contains(tool_turn([0, 0, -np.pi]))
+    assert not OrientationLimits(DOWN, np.pi, -np.pi, np.pi).active  # the defaults of a full circle: off
+    with pytest.raises(ValueError, match="yaw_min < yaw_max"):
+        OrientationLimits(DOWN, 0.5, 0.3, 0.2)
+    with pytest.raises(PoseError, match="orientation_nominal"):
+        OrientationLimits([0, 0, 0, 0], 0.5, -1, 1)
+
+
+def test_a_tilted_pose_command_is_clipped_into_the_cone_then_step_limited():
+    safety = SafetyFilter(LIMITED)
+    start = target_at([0.5, 0.0, 0.3])
+    asked = tool_turn([1.5, 0.0, 0.0])
+    result = safety.filter(Command("pose", np.array([0.5, 0.0, 0.3, *asked, 0.0])), start, start.pose, 0.1)
+    assert result.accepted and any(e.startswith("orientation: desired") for e in result.events), result.events
+    assert safety.orientation.contains(result.target.pose.orientation)
+    assert quaternion_angle(start.pose.orientation, result.target.pose.orientation) <= LIMITED.max_rotation_per_step
+    # commanded again and again, the target settles on the cone's edge, never beyond it
+    previous = result.target
+    for _ in range(20):
+        previous = safety.filter(Command("pose", np.array([0.5, 0.0, 0.3, *asked, 0.0])), previous, previous.pose,
+                                 0.1).target
+    assert safety.orientation.tilt_and_yaw(previous.pose.orientation)[0] == pytest.approx(0.6, abs=1e-9)
+
+
+def test_default_limits_keep_the_tool_within_a_radian_of_pointing_down():
+    safety = SafetyFilter(CONFIG)
+    start = target_at([0.5, 0.0, 0.3])
+    previous = start
+    for _ in range(40):  # a policy that keeps rotating about the base x axis
+        previous = safety.filter(Command("delta", np.array([0, 0, 0, 0.1, 0, 0, 0])), previous, previous.pose,
+                                 0.1).target
+    assert safety.orientation.tilt_and_yaw(previous.pose.orientation)[0] == pytest.approx(CONFIG.max_tilt, abs=1e-6)
+
+
+def test_hold_target_respects_the_orientation_limits():
+    safety = SafetyFilter(LIMITED)
+    hold = safety.hold_target(Pose([0.5, 0.0, 0.3], tool_turn([0.9, 0.0, 1.5])), gripper=0.5)
+    assert safety.orientation.contains(hold.pose.orientation)
+    tilt, yaw = safety.orientation.tilt_and_yaw(hold.pose.orientation)
+    assert tilt == pytest.approx(0.6) and yaw == pytest.approx(0.8)
+    inside = tool_turn([0.1, 0.2, 0.3])
+    assert quaternion_angle(safety.hold_target(Pose([0.5, 0, 0.3], inside), 0.0).pose.orientation, inside) < 1e-12
+
+
+def test_workspace_file_supplies_the_orientation_limits(tmp_path):
+    from irevla.calibration.workspace import box_from_limits, with_orientation_limits, write_workspace_box
+
+    path = tmp_path / "workspace.yaml"
+    box = box_from_limits([0.3, -0.2, 0.05], [0.6, 0.2, 0.5], margin=0.0, frame="fr3_link0")
+    write_workspace_box(path, with_orientation_limits(box, 0.4, (-0.2, 0.3)))
+    safety = SafetyFilter.from_config(CONFIG.model_copy(update={"workspace_file": str(path)}))
+    assert (safety.orientation.max_tilt, safety.orientation.yaw_min, safety.orientation.yaw_max) == (0.4, -0.2, 0.3)
+    assert np.allclose(safety.orientation.nominal, DOWN)  # the file has no nominal: the config's
+    path.write_text(path.read_text() + "yaw_min: 0.5\n")
+    with pytest.raises(Exception, match=r"workspace\.yaml.*yaw_max \(0\.3\) must be greater than yaw_min \(0\.5\)"):
+        SafetyFilter.from_config(CONFIG.model_copy(update={"workspace_file": str(path)}))
+
+
+def test_safety_config_refuses_bad_orientation_limits():
+    for update, message in (({"yaw_min": 0.5, "yaw_max": 0.1}, "yaw_max"), ({"max_tilt": 4.0}, "max_tilt"),
+                            ({"orientation_nominal": (0.0, 0.0, 0.0, 0.0)}, "orientation_nominal")):
+        with pytest.raises(ValueError, match=message):
+            SafetyConfig(**update)
+
+
 # ---------------------------------------------------------------------------------------------------- the fuzz
 SPECIAL = [math.nan, math.inf, -math.inf, 1e308, -1e308, 1e12, -1e12, 0.0, -0.0, 5e-324]
 number = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64),
@@ -146,6 +243,9 @@ def check_invariants(safety: SafetyFilter, command: Command, previous: PoseTarge
     max_translation, max_rotation = safety.step_limits(dt)
     assert np.linalg.norm(target.pose.position - previous.pose.position) <= max_translation + EPSILON
     assert quaternion_angle(target.pose.orientation, previous.pose.orientation) <= max_rotation + 1e-7
+    if safety.orientation.contains(previous.pose.orientation):
+        assert safety.orientation.contains(target.pose.orientation, tolerance=1e-6), \
+            safety.orientation.tilt_and_yaw(target.pose.orientation)
     values = np.asarray(command.values)
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
         assert not result.accepted and target is previous  # NaN never forwarded
@@ -158,9 +258,10 @@ def check_invariants(safety: SafetyFilter, command: Command, previous: PoseTarge
                          max_size=10))
 def test_fuzz_targets_stay_in_the_box_within_step_limits_and_never_nan(start, start_rotation, measured_offset,
                                                                         commands):
-    """FUZZ_COMMANDS commands in all: 1,000 sequences of 10, each command filtered from the previous result."""
-    safety = SafetyFilter(CONFIG)
-    previous = PoseTarget(Pose(start, rotvec_to_quaternion(start_rotation)), 0.0)
+    """FUZZ_COMMANDS commands in all: 1,000 sequences of 10, each command filtered from the previous result; the start
+    orientation is within 2 rad of pointing down (inside or outside the orientation limits, which are on in full)."""
+    safety = SafetyFilter(LIMITED)
+    previous = PoseTarget(Pose(start, tool_turn(start_rotation)), 0.0)
     for command, dt in commands:
         measured = Pose(previous.pose.position + np.asarray(measured_offset), previous.pose.orientation)
         result = safety.filter(command, previous, measured, dt)
@@ -171,7 +272,7 @@ def test_fuzz_targets_stay_in_the_box_within_step_limits_and_never_nan(start, st
 def test_fuzz_with_numpy_random_commands_covers_10000_more():
     """A second, cheaper sweep: 10,000 uniformly random commands of every scale, incl. NaN/inf sprinkled in."""
     rng = np.random.default_rng(0)
-    safety = SafetyFilter(CONFIG)
+    safety = SafetyFilter(LIMITED)
     previous = target_at([0.5, 0.0, 0.3])
     rejected = 0
     for i in range(FUZZ_COMMANDS):
@@ -187,3 +288,46 @@ def test_fuzz_with_numpy_random_commands_covers_10000_more():
         rejected += not result.accepted
         previous = result.target
     assert rejected >= FUZZ_COMMANDS // 7
+
+
+def near_pi_and_degenerate_rotations(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    """Random rotations, rotations by almost exactly +-pi (about any axis and about the tool axis), tilts of pi
+    (the tool axis flipped, where the yaw is undefined), quaternions with w = 0, tiny, huge and unnormalised ones."""
+    out = []
+    for i in range(count):
+        kind = i % 6
+        if kind == 0:
+            q = rng.normal(size=4)
+        elif kind == 1:  # |angle| within 1e-9 of pi about a random axis, either sign
+            axis = rng.normal(size=3)
+            q = rotvec_to_quaternion(axis / np.linalg.norm(axis) * (np.pi - rng.uniform(0, 1e-9)) * rng.choice([-1, 1]))
+        elif kind == 2:  # the tool axis flipped (tilt pi), possibly with a little twist
+            q = quaternion_multiply(tool_turn([np.pi, 0, 0]), rotvec_to_quaternion([0, 0, rng.uniform(-4, 4)]))
+        elif kind == 3:  # yaw near +-pi about the tool axis
+            q = tool_turn([0, 0, rng.choice([-1, 1]) * (np.pi - rng.uniform(0, 1e-6))])
+        elif kind == 4:  # w = 0 and single-axis quaternions
+            q = np.zeros(4)
+            q[rng.integers(3)] = rng.choice([-1, 1])
+            q[rng.integers(3)] += rng.uniform(-1e-12, 1e-12)
+        else:  # scaled by tiny or huge factors (the direction is what counts)
+            q = rng.normal(size=4) * 10.0 ** rng.integers(-8, 200)
+        out.append(np.asarray(q, float))
+    return out
+
+
+def test_fuzz_orientation_limits_on_10000_rotations_near_pi_and_degenerate():
+    rng = np.random.default_rng(1)
+    limit_sets = [OrientationLimits(DOWN, 0.6, -0.5, 0.8), OrientationLimits(DOWN, 1e-3, -1e-3, 1e-3),
+                  OrientationLimits(DOWN, np.pi, -np.pi, -3.0), OrientationLimits(tool_turn([0.3, 0.2, 1.0]), 2.5,
+                                                                                   -0.1, 3.1)]
+    for i, q in enumerate(near_pi_and_degenerate_rotations(rng, FUZZ_COMMANDS)):
+        limits = limit_sets[i % len(limit_sets)]
+        clipped, change = limits.clip(q)
+        assert np.all(np.isfinite(clipped)) and abs(np.linalg.norm(clipped) - 1.0) < 1e-9
+        assert limits.contains(clipped, tolerance=1e-6), (q, limits.tilt_and_yaw(clipped))
+        again, second = limits.clip(clipped)  # idempotent: inside stays put
+        assert quaternion_angle(again, clipped) < 1e-6, (q, second)
+        if change is None:
+            assert quaternion_angle(clipped, normalize_quaternion(q)) < 1e-9
+    with pytest.raises(PoseError, match="zero length"):
+        OrientationLimits(DOWN, 0.6, -0.5, 0.8).clip(np.zeros(4))
