@@ -1,9 +1,13 @@
 """franka_control's franka_ros2 backend against a stand-in for the arm's controller (the hardware side), over DDS:
 best-effort pose state in, PoseStamped / Float64MultiArray targets out, homing through the impedance controller.
-franka_msgs is not installable here: the gripper / multipanda paths must fail with a message that says so."""
+The gripper path with the real franka_msgs (built from ../shared by make ros2-launch) against a stand-in for
+franka_gripper's action servers: grasp / move / homing goals as franka_gripper receives them, an absent gripper and a
+failed grasp reported in franka_control's status. Without franka_msgs the gripper / multipanda paths must fail with a
+message that says so."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import numpy as np
@@ -16,20 +20,17 @@ def test_franka_ros2_backend_with_a_stand_in_controller():
     assert "homing done" in output
 
 
-def franka_ros2_body() -> None:
+def stand_in_controller():
+    """A stand-in for the arm's side of franka_ros2 (no arm here): franka_robot_state_broadcaster's pose and the
+    gripper's joint states, and a Cartesian impedance controller that follows the target."""
     import threading
 
-    import rclpy
     from geometry_msgs.msg import PoseStamped
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
-    from ros_probe import Probe, spin_in_background
     from sensor_msgs.msg import JointState
-    from std_srvs.srv import Trigger
 
-    from irevla.robot.config import FrankaControlConfig
-    from irevla.robot.conversions import action_to_joint_state, pose_from_message, pose_to_message
-    from irevla.robot.nodes.franka_control import FrankaControlNode
+    from irevla.robot.conversions import pose_from_message, pose_to_message
     from irevla.robot.ros_edge import STREAM_EVENTS
     from irevla.rotations import Pose
 
@@ -64,11 +65,25 @@ def franka_ros2_body() -> None:
             self.pose_publisher.publish(pose_to_message(pose, time.time(), "fr3_link0"))
             self.fingers.publish(JointState(name=["fr3_finger_joint1", "fr3_finger_joint2"], position=[0.04, 0.04]))
 
+    return StandInController()
+
+
+def franka_ros2_body() -> None:
+    import rclpy
+    from ros_probe import Probe, spin_in_background
+    from sensor_msgs.msg import JointState
+    from std_srvs.srv import Trigger
+
+    from irevla.robot.config import FrankaControlConfig
+    from irevla.robot.conversions import action_to_joint_state
+    from irevla.robot.nodes.franka_control import FrankaControlNode
+    from irevla.rotations import Pose
+
     rclpy.init()
     config = FrankaControlConfig.model_validate({
         "control": {"backend": "franka_ros2", "base_frame": "fr3_link0", "homing_speed": 0.3},
         "franka_ros2": {"gripper": {"enabled": False}}})
-    controller = StandInController()
+    controller = stand_in_controller()
     control = FrankaControlNode(config)
     probe = Probe()
     probe.watch(JointState, "/irevla/robot/state")
@@ -96,6 +111,121 @@ def franka_ros2_body() -> None:
         assert response.success is False and ("franka_msgs" in response.message), response.message
         print(response.message)
         assert probe.call(Trigger, "/irevla/control/reset_to_home", timeout=30).success
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        rclpy.shutdown()
+
+
+def test_franka_gripper_actions_with_the_real_franka_msgs():
+    if importlib.util.find_spec("franka_msgs") is None:
+        pytest.skip("franka_msgs is not built here: make ros2-launch SHARED=../shared, then . .ros2/env.sh "
+                    "(on the robot PC: source the franka_ros2 workspace)")
+    output = run_isolated(franka_gripper_body, timeout=120)
+    print(output[-3000:])
+    assert "absent: gripper: action /franka_gripper/grasp is not available" in output
+    assert "failed: gripper: /franka_gripper/grasp failed: object not grasped (width outside epsilon)" in output
+    assert "gripper goals: grasp, move, grasp" in output
+
+
+def franka_gripper_body() -> None:
+    import json
+
+    import rclpy
+    from franka_msgs.action import Grasp, Homing, Move
+    from rclpy.action import ActionServer
+    from rclpy.node import Node
+    from ros_probe import Probe, spin_in_background
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+
+    from irevla.robot.config import FrankaControlConfig
+    from irevla.robot.conversions import action_to_joint_state
+    from irevla.robot.nodes.franka_control import FrankaControlNode
+
+    class StandInGripper(Node):
+        """franka_gripper's three action servers with the real franka_msgs types (the gripper itself is what cannot
+        exist here): records every goal; a grasp fails while `fail_grasp` is set, as a grasp outside epsilon does."""
+
+        def __init__(self) -> None:
+            super().__init__("stand_in_franka_gripper")
+            self.goals: list[tuple[str, dict]] = []
+            self.fail_grasp = False
+            for name, kind in (("grasp", Grasp), ("move", Move), ("homing", Homing)):
+                ActionServer(self, kind, f"/franka_gripper/{name}", self._execute(name, kind))
+
+        def _execute(self, name, kind):
+            def execute(handle):
+                goal = handle.request
+                fields = {field: getattr(goal, field) for field in ("width", "speed", "force") if hasattr(goal, field)}
+                if name == "grasp":
+                    fields["epsilon"] = (goal.epsilon.inner, goal.epsilon.outer)
+                self.goals.append((name, fields))
+                result = kind.Result()
+                if name == "grasp" and self.fail_grasp:
+                    handle.abort()
+                    result.success, result.error = False, "object not grasped (width outside epsilon)"
+                    return result
+                handle.succeed()
+                result.success = True
+                return result
+            return execute
+
+    rclpy.init()
+    config = FrankaControlConfig.model_validate({
+        "control": {"backend": "franka_ros2", "base_frame": "fr3_link0", "homing_speed": 0.3, "status_hz": 20.0}})
+    controller = stand_in_controller()
+    control = FrankaControlNode(config)
+    probe = Probe()
+    probe.watch(JointState, "/irevla/robot/state")
+    probe.watch(String, "/irevla/control/status")
+    actions = probe.create_publisher(JointState, "/irevla/action", 1)
+    executor = spin_in_background([controller, control, probe], threads=3)
+    names = ("dx", "dy", "dz", "drx", "dry", "drz", "gripper")
+
+    def send(gripper: float) -> None:
+        actions.publish(action_to_joint_state([0.0, 0.0, 0.0, 0, 0, 0, gripper], names, time.time()))
+
+    def gripper_status() -> dict:
+        status = probe.get("/irevla/control/status")
+        return json.loads(status.data).get("gripper", {}) if status is not None else {}
+
+    gripper = None
+    try:
+        probe.wait_for(lambda: probe.get("/irevla/robot/state"), 15, "the robot state")
+        # ---- no franka_gripper yet: reported in the status, and the close is not taken as done
+        probe.wait_for(lambda: (send(1.0), "not available" in (gripper_status().get("problem") or ""))[1], 10,
+                       "the absent gripper reported", period=0.1)
+        assert gripper_status()["closed"] is None, gripper_status()
+        print("absent:", gripper_status()["problem"])
+
+        # ---- franka_gripper comes up: the same close command now grasps, with the configured goal
+        gripper = StandInGripper()
+        executor.add_node(gripper)
+        probe.wait_for(lambda: (send(1.0), any(name == "grasp" for name, _ in gripper.goals))[1], 15,
+                       "the grasp goal at the gripper", period=0.1)
+        name, goal = next(g for g in gripper.goals if g[0] == "grasp")
+        settings = config.franka_ros2.gripper
+        assert goal["width"] == 0.0 and goal["force"] == settings.force and goal["speed"] == settings.speed
+        assert goal["epsilon"] == (settings.epsilon, settings.epsilon)
+        for _ in range(5):  # hysteresis: 0.5 is neither open nor close, repeated closes are not resent
+            send(0.5)
+            send(1.0)
+            time.sleep(0.05)
+        probe.wait_for(lambda: gripper_status().get("done", 0) >= 1, 10, "the grasp result")
+        assert [g[0] for g in gripper.goals] == ["grasp"], gripper.goals
+
+        # ---- open: a move to the configured width
+        probe.wait_for(lambda: (send(0.0), any(g[0] == "move" for g in gripper.goals))[1], 10, "the move goal",
+                       period=0.1)
+        move = next(g[1] for g in gripper.goals if g[0] == "move")
+        assert move["width"] == settings.max_width and move["speed"] == settings.speed
+
+        # ---- a grasp that fails is reported with franka_gripper's error
+        gripper.fail_grasp = True
+        probe.wait_for(lambda: (send(1.0), "object not grasped" in (gripper_status().get("problem") or ""))[1], 10,
+                       "the failed grasp reported", period=0.1)
+        print("failed:", gripper_status()["problem"])
+        print("gripper goals:", ", ".join(name for name, _ in gripper.goals))
     finally:
         executor.shutdown(timeout_sec=1.0)
         rclpy.shutdown()

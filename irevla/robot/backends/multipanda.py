@@ -62,6 +62,9 @@ class MultipandaBackend:
     def latest_state(self) -> RobotState | None:
         return self.state.latest()
 
+    def status(self) -> dict:
+        return {} if self.gripper is None else {"gripper": self.gripper.status()}
+
     def send_target(self, target: PoseTarget) -> None:
         self.target.publish(target.pose)
         if self.gripper is not None:

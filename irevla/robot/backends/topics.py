@@ -95,7 +95,12 @@ class StateAssembler:
 
 class GripperActions:
     """franka_gripper through franka_msgs actions: Grasp above ``close_threshold``, Move to open below
-    ``open_threshold`` (hysteresis: a command hovering at 0.5 does not chatter); Homing on reset."""
+    ``open_threshold`` (hysteresis: a command hovering at 0.5 does not chatter); Homing on request.
+
+    A gripper that is not there (no action server: franka_gripper not running, another namespace), a goal it rejects
+    and a grasp or move that fails are reported: logged (throttled) and kept in `status()`, which franka_control
+    puts in its status topic. A command that could not be sent leaves the open/closed state as it was, so the next
+    command tries again."""
 
     def __init__(self, node, config: GripperActionsConfig) -> None:
         from rclpy.action import ActionClient
@@ -108,6 +113,10 @@ class GripperActions:
         self.move = ActionClient(node, action.Move, f"{config.namespace}/move")
         self.homing = ActionClient(node, action.Homing, f"{config.namespace}/homing")
         self.closed: bool | None = None
+        self.problem: str | None = None
+        self.problems = 0
+        self.done = 0
+        self._lock = threading.Lock()
 
     def command(self, value: float) -> None:
         config = self.config
@@ -115,17 +124,63 @@ class GripperActions:
             goal = self.Grasp.Goal()
             goal.width, goal.speed, goal.force = 0.0, config.speed, config.force
             goal.epsilon.inner = goal.epsilon.outer = config.epsilon
-            self.grasp.send_goal_async(goal)
-            self.closed = True
+            if self._send(self.grasp, goal, "grasp"):
+                self.closed = True
         elif value <= config.open_threshold and self.closed is not False:
             goal = self.Move.Goal()
             goal.width, goal.speed = config.max_width, config.speed
-            self.move.send_goal_async(goal)
-            self.closed = False
+            if self._send(self.move, goal, "move"):
+                self.closed = False
 
-    def home(self) -> None:
-        self.homing.send_goal_async(self.Homing.Goal())
-        self.closed = False
+    def home(self) -> bool:
+        """Homing (the fingers find their range); False (and reported) when the action is not available."""
+        if self._send(self.homing, self.Homing.Goal(), "homing"):
+            self.closed = False
+            return True
+        return False
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"closed": self.closed, "problem": self.problem, "problems": self.problems, "done": self.done}
+
+    def _report(self, message: str) -> None:
+        with self._lock:
+            self.problem, self.problems = message, self.problems + 1
+        self.node.get_logger().warning(message, throttle_duration_sec=2.0)
+
+    def _send(self, client, goal, what: str) -> bool:
+        name = f"{self.config.namespace}/{what}"
+        if not client.server_is_ready():
+            self._report(f"gripper: action {name} is not available (is franka_gripper running? `ros2 action list`); "
+                         f"the next gripper command tries again")
+            return False
+        client.send_goal_async(goal).add_done_callback(lambda future: self._accepted(future, name))
+        return True
+
+    def _accepted(self, future, name: str) -> None:
+        try:
+            handle = future.result()
+        except Exception as exc:  # noqa: BLE001 - a callback must not take the executor down
+            self._report(f"gripper: {name} goal failed to send: {exc}")
+            self.closed = None
+            return
+        if handle is None or not handle.accepted:
+            self._report(f"gripper: {name} goal rejected by franka_gripper")
+            self.closed = None  # unknown: the next command is sent whatever it is
+            return
+        handle.get_result_async().add_done_callback(lambda result: self._finished(result, name))
+
+    def _finished(self, future, name: str) -> None:
+        try:
+            result = future.result().result
+        except Exception as exc:  # noqa: BLE001
+            self._report(f"gripper: {name} gave no result: {exc}")
+            return
+        if not getattr(result, "success", True):
+            self._report(f"gripper: {name} failed: {getattr(result, 'error', '') or 'no reason given'}")
+            return
+        with self._lock:
+            self.done += 1
 
 
 # ------------------------------------------------------------------------------------------------------- sim
@@ -202,6 +257,9 @@ class FrankaRos2Backend:
         if self.gripper is not None:
             self.gripper.command(0.0)
         done(True, "gripper opening")
+
+    def status(self) -> dict:
+        return {} if self.gripper is None else {"gripper": self.gripper.status()}
 
     def request_recovery(self, done: Done) -> None:
         try:

@@ -196,6 +196,9 @@ class FrankaControlNode(Node):
         with self.lock:
             status = self.core.status()
         status["backend"] = self.config.control.backend
+        backend_status = getattr(self.backend, "status", None)
+        if backend_status is not None:
+            status.update(backend_status())  # e.g. the gripper's last problem
         status["stamp"] = wall_time()
         self.status_publisher.publish(String(data=json.dumps(status)))
 
