@@ -19,8 +19,9 @@ result does not import OpenCV.
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -207,6 +208,38 @@ def load_hand_eye_calibration(path: str | Path) -> HandEyeCalibration:
     return HandEyeCalibration(name=parameters.name, calibration_type=parameters.calibration_type,
                               parent_frame=parent, child_frame=parameters.tracking_base_frame,
                               T_parent_child=matrix, details=dict(data.irevla or {}))
+
+
+def camera_extrinsics(names: Sequence[str], files: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """What episodes record about their cameras' poses: per camera with a hand-eye file (`files[i]` for `names[i]`,
+    '' for none), the calibrated transform as the file holds it, with the file's path and SHA-256 so an episode says
+    exactly which calibration it was taken with. JSON-ready; `CalibrationError` names a missing or malformed file."""
+    if files and len(files) != len(names):
+        raise CalibrationError(f"hand-eye files: {len(files)} given for {len(names)} cameras {list(names)}; give one "
+                               f"per camera ('' for a camera without one)")
+    extrinsics: dict[str, dict[str, Any]] = {}
+    for name, path in zip(names, files):
+        if not path:
+            continue
+        calibration = load_hand_eye_calibration(path)
+        extrinsics[name] = {
+            "calibration_type": calibration.calibration_type, "parent_frame": calibration.parent_frame,
+            "child_frame": calibration.child_frame,
+            "T_parent_child": [[round(float(v), 12) for v in row] for row in calibration.T_parent_child],
+            "file": str(Path(path).expanduser().resolve()),
+            "sha256": hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest(),
+            "date": str(calibration.details.get("date", "")),
+        }
+    return extrinsics
+
+
+def extrinsics_from_metadata(metadata: Mapping[str, Any]) -> dict[str, HandEyeCalibration]:
+    """The camera poses an episode recorded (its ``metadata['camera_extrinsics']``), as calibrations; {} if none."""
+    return {name: HandEyeCalibration(name=name, calibration_type=entry["calibration_type"],
+                                     parent_frame=entry["parent_frame"], child_frame=entry["child_frame"],
+                                     T_parent_child=np.asarray(entry["T_parent_child"], dtype=float),
+                                     details={"file": entry.get("file", ""), "sha256": entry.get("sha256", "")})
+            for name, entry in dict(metadata.get("camera_extrinsics", {})).items()}
 
 
 def _load_file(path: str | Path) -> HandEyeFile:

@@ -57,12 +57,17 @@ class CamerasConfig(ConfigModel):
     names: tuple[str, ...] = Field(default=("front", "wrist"), min_length=1)
     image_topics: tuple[str, ...] = Field(default=("/camera/front/color/image_raw", "/camera/wrist/color/image_raw"),
                                           min_length=1, description="sensor_msgs/Image topics, same order as names")
+    hand_eye_files: tuple[str, ...] = Field(default=(), description="hand-eye result per camera (`irevla calibrate "
+                                            "handeye`), same order as names, '' for none: recorded in episodes")
 
     @model_validator(mode="after")
     def _same_length(self) -> CamerasConfig:
         if len(self.names) != len(self.image_topics):
             raise ValueError(f"names ({len(self.names)}) and image_topics ({len(self.image_topics)}) must have the "
                              f"same length: one topic per camera")
+        if self.hand_eye_files and len(self.hand_eye_files) != len(self.names):
+            raise ValueError(f"hand_eye_files ({len(self.hand_eye_files)}) must be empty or one per camera "
+                             f"({len(self.names)}: {list(self.names)}), '' for a camera without one")
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"camera names must be unique, got {self.names}")
         return self

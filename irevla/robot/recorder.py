@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from irevla.calibration.result import camera_extrinsics
 from irevla.data.episode import Episode, EpisodeBuilder
 from irevla.data.store import EpisodeStore
 from irevla.robot.config import RecorderConfig
@@ -92,6 +93,8 @@ class RecorderCore:
         self.config = config
         self.store = store or EpisodeStore(config.out)
         self.cameras = tuple(config.cameras.names)
+        # Read once, now: a missing or malformed hand-eye file stops the recorder before any episode, naming the file.
+        self.extrinsics = camera_extrinsics(self.cameras, config.cameras.hand_eye_files)
         self.action_spec = action_spec or replace(ActionSpec.ee_delta(), frame=config.action_frame)
         self.log, self.clock = log, clock
         self.images: dict[str, History[np.ndarray]] = {c: History(config.history_s) for c in self.cameras}
@@ -141,7 +144,8 @@ class RecorderCore:
                         observation_spec=ObservationSpec(cameras=sizes, proprio_names=REAL_ROBOT_PROPRIO),
                         max_episode_steps=self.config.max_steps)
         self.builder = EpisodeBuilder(task, source=self.config.source, round=self.config.round,
-                                      metadata={"recorder": "irevla.robot.recorder", "cameras": list(self.cameras)})
+                                      metadata={"recorder": "irevla.robot.recorder", "cameras": list(self.cameras),
+                                                **({"camera_extrinsics": self.extrinsics} if self.extrinsics else {})})
         self.success, self._skipped, self.steps = None, 0, 0
         return self._say(f"recording '{self.instruction}' ({', '.join(f'{c} {h}x{w}' for c, (h, w) in sizes.items())})")
 

@@ -42,11 +42,22 @@ def parameter_file(directory: Path) -> Path:
         "franka_control": {"control": {"backend": "sim"}, "watchdog": {"command_timeout": COMMAND_TIMEOUT}},
         "vla_policy": {"cameras": cameras, "control_hz": 1.0 / CONTROL_PERIOD,
                        "policy": {"preset": "tiny", "threads": 1}},
-        "recorder": {"cameras": cameras, "out": str(directory / "episodes"), "keyboard": False, "source": "rl",
+        # the wrist camera's hand-eye result goes into every episode the recorder writes
+        "recorder": {"cameras": {**cameras, "hand_eye_files": ["", str(hand_eye_file(directory))]},
+                     "out": str(directory / "episodes"), "keyboard": False, "source": "rl",
                      "instruction": "pick up the cube"},
     }
     path = directory / "params.yaml"
     path.write_text(json.dumps({name: {"ros__parameters": values} for name, values in sections.items()}))
+    return path
+
+
+def hand_eye_file(directory: Path) -> Path:
+    path = directory / "calibration_wrist_camera.yaml"
+    path.write_text("parameters:\n  name: wrist\n  calibration_type: eye_in_hand\n  robot_base_frame: fr3_link0\n"
+                    "  robot_effector_frame: fr3_hand_tcp\n  tracking_base_frame: wrist_color_optical_frame\n"
+                    "  tracking_marker_frame: charuco_board\ntransform:\n  translation: {x: 0.07, y: 0.01, z: -0.08}\n"
+                    "  rotation: {x: 0.0, y: 0.0, z: 0.7071068, w: 0.7071068}\n")
     return path
 
 
@@ -112,6 +123,9 @@ def end_to_end_body() -> None:
         assert episode.images["wrist"].shape == (steps + 1, IMAGE, IMAGE, 3)
         assert episode.proprio.shape == (steps + 1, 7) and episode.actions.shape == (steps, 7)
         assert episode.success and episode.rewards[-1] == 1.0 and episode.source == "rl"
+        wrist = episode.metadata["camera_extrinsics"]["wrist"]  # read from the file by the recorder node
+        assert set(episode.metadata["camera_extrinsics"]) == {"wrist"} and wrist["parent_frame"] == "fr3_hand_tcp"
+        assert np.allclose(np.asarray(wrist["T_parent_child"])[:3, 3], [0.07, 0.01, -0.08])
         assert np.all(np.diff(episode.timestamps) >= 0) and episode.images["front"].std() > 0
         angles = np.linalg.norm(episode.proprio[:, 3:6], axis=1)  # pointing down: ~pi about x (sign may flip)
         assert np.allclose(angles, np.pi, atol=0.3) and np.all(np.abs(episode.proprio[:, 3]) > 2.8), angles

@@ -74,6 +74,55 @@ def test_episode_is_recorded_paired_by_stamp_and_reads_back(tmp_path):
     assert EpisodeStore(tmp_path / "episodes").index(success=True)[0].path == path
 
 
+def hand_eye_file(path, calibration_type: str, child_frame: str, translation, quaternion):
+    """A hand-eye result as `irevla calibrate handeye` / easy_handeye2 write it (their common fields)."""
+    path.write_text(
+        f"parameters:\n  name: {path.stem}\n  calibration_type: {calibration_type}\n  robot_base_frame: fr3_link0\n"
+        "  robot_effector_frame: fr3_hand_tcp\n"
+        f"  tracking_base_frame: {child_frame}\n  tracking_marker_frame: charuco_board\n"
+        f"transform:\n  translation: {dict(zip('xyz', translation))}\n  rotation: {dict(zip('xyzw', quaternion))}\n")
+    return path
+
+
+def test_episodes_record_the_camera_extrinsics_from_the_hand_eye_files(tmp_path):
+    from irevla.calibration.result import extrinsics_from_metadata, load_hand_eye_calibration
+
+    wrist = hand_eye_file(tmp_path / "calibration_wrist_camera.yaml", "eye_in_hand", "wrist_color_optical_frame",
+                          [0.0695, 0.0102, -0.0801], [0.0183, 0.0799, 0.7041, 0.7053])
+    cameras = CAMERAS.model_copy(update={"hand_eye_files": ("", str(wrist))})  # front: no calibration
+    recorder = RecorderCore(RecorderConfig(out=str(tmp_path / "episodes"), cameras=cameras, keyboard=False),
+                            log=lambda message: None, clock=lambda: 1e9)
+    feed(recorder, 1.0)
+    recorder.start()
+    for k in range(3):
+        feed(recorder, 1.0 + 0.1 * k)
+        recorder.on_action(np.zeros(7), 1.0 + 0.1 * k)
+    episode = read_episode(recorder.stop())
+    recorded = episode.metadata["camera_extrinsics"]
+    assert set(recorded) == {"wrist"}
+    assert recorded["wrist"]["parent_frame"] == "fr3_hand_tcp" and recorded["wrist"]["file"] == str(wrist.resolve())
+    assert len(recorded["wrist"]["sha256"]) == 64
+    back = extrinsics_from_metadata(episode.metadata)["wrist"]
+    assert np.allclose(back.T_parent_child, load_hand_eye_calibration(wrist).T_parent_child, atol=1e-12)
+    assert back.child_frame == "wrist_color_optical_frame" and back.calibration_type == "eye_in_hand"
+
+
+def test_a_bad_hand_eye_file_stops_the_recorder_before_any_episode(tmp_path):
+    from irevla.calibration.errors import CalibrationError
+
+    bad = hand_eye_file(tmp_path / "bad_calibration.yaml", "eye_on_base", "front_color_optical_frame",
+                        [0.5, 0.0, 0.6], [0.0, 0.0, 0.0, 0.0])
+    cameras = CAMERAS.model_copy(update={"hand_eye_files": (str(bad), "")})
+    with pytest.raises(CalibrationError, match=r"bad_calibration.yaml: transform: quaternion"):
+        RecorderCore(RecorderConfig(out=str(tmp_path / "episodes"), cameras=cameras, keyboard=False))
+    with pytest.raises(CalibrationError, match="missing.yaml"):
+        RecorderCore(RecorderConfig(out=str(tmp_path / "episodes"), keyboard=False,
+                                    cameras=CAMERAS.model_copy(update={"hand_eye_files": (str(tmp_path / "missing.yaml"), "")})))
+    with pytest.raises(ValueError, match="hand_eye_files \\(1\\) must be empty or one per camera"):
+        CamerasConfig(names=("front", "wrist"), image_topics=("/a", "/b"), hand_eye_files=("x.yaml",))
+    assert not (tmp_path / "episodes").exists() or not list((tmp_path / "episodes").glob("*.h5"))
+
+
 def test_discard_and_keys(tmp_path):
     recorder = make_recorder(tmp_path)
     feed(recorder, 1.0)

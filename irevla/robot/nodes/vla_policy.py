@@ -153,6 +153,18 @@ class VLAPolicyNode(Node):
         except TransportError as exc:
             raise ConfigError(f"vla_policy: mode rl_actor: {exc}") from None
 
+    def _camera_extrinsics(self) -> dict:
+        """The cameras' hand-eye results for the episodes this actor records (cameras.hand_eye_files)."""
+        from irevla.calibration.errors import CalibrationError
+        from irevla.calibration.result import camera_extrinsics
+
+        cameras = self.config.cameras
+        try:
+            extrinsics = camera_extrinsics(cameras.names, cameras.hand_eye_files)
+        except CalibrationError as exc:
+            raise ConfigError(f"vla_policy: cameras.hand_eye_files: {exc}") from None
+        return {"camera_extrinsics": extrinsics} if extrinsics else {}
+
     def _open_episode_store(self) -> EpisodeStore:
         """rl_actor.record_dir: create it now, so a bad path stops the node at start, not after an hour's episode."""
         directory = self.config.rl_actor.record_dir
@@ -194,7 +206,7 @@ class VLAPolicyNode(Node):
                     control_hz=self.config.control_hz, report=self.get_logger().error,
                     metadata={"actor_id": settings.actor_id, "policy": runner.source,
                               "checkpoint_id": runner.checkpoint_id, "latent": settings.latent,
-                              "explore": settings.explore})
+                              "explore": settings.explore, **self._camera_extrinsics()})
                 self.record_cameras = tuple(self.config.cameras.names)
             core = RlActorCore(actor, self.link, max_episode_steps=settings.max_episode_steps,
                                report=self.get_logger().error, recorder=recorder)
