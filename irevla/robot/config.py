@@ -59,6 +59,8 @@ class CamerasConfig(ConfigModel):
                                           min_length=1, description="sensor_msgs/Image topics, same order as names")
     hand_eye_files: tuple[str, ...] = Field(default=(), description="hand-eye result per camera (`irevla calibrate "
                                             "handeye`), same order as names, '' for none: recorded in episodes")
+    depth_topics: tuple[str, ...] = Field(default=(), description="16UC1 depth (mm) aligned to colour per camera, "
+                                          "same order as names, '' for none: the recorder stores it in episodes")
 
     @model_validator(mode="after")
     def _same_length(self) -> CamerasConfig:
@@ -68,6 +70,9 @@ class CamerasConfig(ConfigModel):
         if self.hand_eye_files and len(self.hand_eye_files) != len(self.names):
             raise ValueError(f"hand_eye_files ({len(self.hand_eye_files)}) must be empty or one per camera "
                              f"({len(self.names)}: {list(self.names)}), '' for a camera without one")
+        if self.depth_topics and len(self.depth_topics) != len(self.names):
+            raise ValueError(f"depth_topics ({len(self.depth_topics)}) must be empty or one per camera "
+                             f"({len(self.names)}: {list(self.names)}), '' for a camera without depth")
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"camera names must be unique, got {self.names}")
         return self

@@ -98,6 +98,10 @@ class RecorderCore:
         self.action_spec = action_spec or replace(ActionSpec.ee_delta(), frame=config.action_frame)
         self.log, self.clock = log, clock
         self.images: dict[str, History[np.ndarray]] = {c: History(config.history_s) for c in self.cameras}
+        # Depth (uint16 mm, aligned to colour) for the cameras with a depth topic; paired by stamp like the images.
+        self.depth_cameras = tuple(c for c, topic in zip(self.cameras, config.cameras.depth_topics) if topic)
+        self.depths: dict[str, History[np.ndarray]] = {c: History(config.history_s) for c in self.depth_cameras}
+        self._depth_frames: dict[str, list[np.ndarray]] = {}
         self.states: History[np.ndarray] = History(config.history_s)
         self.builder: EpisodeBuilder | None = None
         self.success: bool | None = None
@@ -112,6 +116,17 @@ class RecorderCore:
     def on_image(self, camera: str, image: np.ndarray, stamp: float) -> None:
         if camera in self.images:
             self.images[camera].add(stamp, image)
+
+    def on_depth(self, camera: str, depth: np.ndarray, stamp: float) -> None:
+        if camera in self.depths:
+            self.depths[camera].add(stamp, depth)
+
+    def depth_at(self, stamp: float) -> dict[str, np.ndarray] | None:
+        """Each depth camera's frame as of `stamp`, or None while one has not been seen."""
+        frames = {camera: history.at(stamp) for camera, history in self.depths.items()}
+        if any(f is None for f in frames.values()):
+            return None
+        return {camera: f[1] for camera, f in frames.items()}
 
     def on_state(self, proprio: np.ndarray, stamp: float) -> None:
         self.states.add(stamp, np.asarray(proprio, dtype=np.float32))
@@ -133,7 +148,8 @@ class RecorderCore:
     def start(self, instruction: str | None = None) -> str:
         if self.recording:
             return self._say(f"already recording ({self.steps} steps); end or discard first")
-        missing = [c for c, h in self.images.items() if not len(h)] + ([] if len(self.states) else ["robot state"])
+        missing = ([c for c, h in self.images.items() if not len(h)] + ([] if len(self.states) else ["robot state"])
+                   + [f"{c} depth" for c, h in self.depths.items() if not len(h)])
         if missing:
             return self._say(f"cannot start: nothing received yet from {missing}")
         if instruction:
@@ -147,6 +163,7 @@ class RecorderCore:
                                       metadata={"recorder": "irevla.robot.recorder", "cameras": list(self.cameras),
                                                 **({"camera_extrinsics": self.extrinsics} if self.extrinsics else {})})
         self.success, self._skipped, self.steps = None, 0, 0
+        self._depth_frames = {camera: [] for camera in self.depth_cameras}
         return self._say(f"recording '{self.instruction}' ({', '.join(f'{c} {h}x{w}' for c, (h, w) in sizes.items())})")
 
     def on_action(self, values: Any, stamp: float, intervention: bool | None = None) -> bool:
@@ -154,15 +171,19 @@ class RecorderCore:
         if self.builder is None:
             return False
         observation = self.observation_at(stamp)
-        if observation is None:
+        depth = self.depth_at(stamp)
+        if observation is None or depth is None:
             self._skipped += 1
             return False
         try:
+            self._check_depth(depth, observation)
             self.builder.add(observation, np.asarray(values, dtype=np.float32), 0.0, intervention=intervention)
         except ContractError as exc:  # a camera changed size, NaN action...: skip the step, say why
             self._skipped += 1
             self._say(f"step skipped: {exc}")
             return False
+        for camera, frame in depth.items():
+            self._depth_frames[camera].append(frame)
         self.steps += 1
         if self.steps >= self.config.max_steps:
             self._say(f"reached max_steps {self.config.max_steps}")
@@ -188,6 +209,10 @@ class RecorderCore:
         final = self.observation_at(self.clock()) or self._latest_observation()
         success = bool(self.success)
         episode = self._finish(builder, final, success)
+        if self.depth_cameras:
+            final_depth = self._final_depth(final)
+            episode = replace(episode, depth={camera: np.stack([*frames, final_depth[camera]])
+                                              for camera, frames in self._depth_frames.items()})
         path = self.store.write(episode)
         self.episodes_written += 1
         self.last_path = path
@@ -198,6 +223,25 @@ class RecorderCore:
             bag = export_rosbag(episode, bag_dir / path.stem, self.config)
             self._say(f"rosbag2 (MCAP) written to {bag}")
         return path
+
+    def _final_depth(self, final: Observation | None) -> dict[str, np.ndarray]:
+        """Depth for the final observation; the last recorded one where none fits it."""
+        depth = self.depth_at(final.timestamp) if final is not None else None
+        try:
+            if depth is None or final is None:
+                raise ContractError("no depth at the final observation")
+            self._check_depth(depth, final)
+            return depth
+        except ContractError:
+            return {camera: frames[-1] for camera, frames in self._depth_frames.items()}
+
+    @staticmethod
+    def _check_depth(depth: dict[str, np.ndarray], observation: Observation) -> None:
+        for camera, frame in depth.items():
+            colour = observation.images[camera].shape[:2]
+            if frame.dtype != np.uint16 or frame.shape != colour:
+                raise ContractError(f"{camera} depth: expected uint16 {colour} aligned to colour (mm), got "
+                                    f"{frame.dtype} {frame.shape}")
 
     def _latest_observation(self) -> Observation | None:
         stamps = [h.latest()[0] for h in (*self.images.values(), self.states) if len(h)]

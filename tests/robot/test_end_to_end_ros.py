@@ -26,6 +26,8 @@ IMAGE = 40
 CONTROL_PERIOD = 0.1
 COMMAND_TIMEOUT = 0.3
 SCHEDULING_SLACK = 0.15  # a loaded 2-core machine: DDS delivery + executor wake-ups
+DEPTH_TOPIC = "/camera/front/aligned_depth_to_color/image_raw"
+DEPTH_MM = 1234
 
 
 @pytest.mark.slow
@@ -43,7 +45,8 @@ def parameter_file(directory: Path) -> Path:
         "vla_policy": {"cameras": cameras, "control_hz": 1.0 / CONTROL_PERIOD,
                        "policy": {"preset": "tiny", "threads": 1}},
         # the wrist camera's hand-eye result goes into every episode the recorder writes
-        "recorder": {"cameras": {**cameras, "hand_eye_files": ["", str(hand_eye_file(directory))]},
+        "recorder": {"cameras": {**cameras, "hand_eye_files": ["", str(hand_eye_file(directory))],
+                                 "depth_topics": [DEPTH_TOPIC, ""]},  # front depth, as realsense_camera publishes it
                      "out": str(directory / "episodes"), "keyboard": False, "source": "rl",
                      "instruction": "pick up the cube"},
     }
@@ -108,6 +111,17 @@ def end_to_end_body() -> None:
         info = json.loads(probe.get("/irevla/policy/info").data)
         assert info["source"] == "tiny random-weight preset" and info["cameras"] == ["front", "wrist"]
 
+        # ---- aligned depth for the front camera (sim_robot renders none): 16UC1 millimetres, as realsense_camera
+        from sensor_msgs.msg import Image
+
+        from irevla.robot.conversions import numpy_to_image
+
+        depth_publisher = probe.create_publisher(Image, DEPTH_TOPIC, 5)
+        depth_frame = np.full((IMAGE, IMAGE), DEPTH_MM, np.uint16)
+        probe.create_timer(0.05, lambda: depth_publisher.publish(
+            numpy_to_image(depth_frame, "16UC1", time.time(), "front_color_optical_frame")))
+        time.sleep(0.3)
+
         # ---- record an episode through the recorder's services
         response = probe.call(Trigger, "/recorder/start")
         assert response.success, response.message
@@ -121,6 +135,8 @@ def end_to_end_body() -> None:
         assert 12 <= steps <= 30, steps  # ~10 Hz for 2.5 s
         assert episode.images["front"].shape == (steps + 1, IMAGE, IMAGE, 3)
         assert episode.images["wrist"].shape == (steps + 1, IMAGE, IMAGE, 3)
+        assert set(episode.depth) == {"front"} and episode.depth["front"].shape == (steps + 1, IMAGE, IMAGE)
+        assert np.all(episode.depth["front"] == DEPTH_MM)
         assert episode.proprio.shape == (steps + 1, 7) and episode.actions.shape == (steps, 7)
         assert episode.success and episode.rewards[-1] == 1.0 and episode.source == "rl"
         wrist = episode.metadata["camera_extrinsics"]["wrist"]  # read from the file by the recorder node

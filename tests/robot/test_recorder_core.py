@@ -74,6 +74,33 @@ def test_episode_is_recorded_paired_by_stamp_and_reads_back(tmp_path):
     assert EpisodeStore(tmp_path / "episodes").index(success=True)[0].path == path
 
 
+def test_depth_is_paired_by_stamp_and_stored_in_the_episode(tmp_path):
+    cameras = CAMERAS.model_copy(update={"depth_topics": ("/camera/front/aligned_depth_to_color/image_raw", "")})
+    recorder = RecorderCore(RecorderConfig(out=str(tmp_path / "episodes"), cameras=cameras, keyboard=False),
+                            log=lambda message: None, clock=lambda: 1e9)
+
+    def depth(t: float, size=(24, 32)) -> np.ndarray:  # millimetres encode the time: 1000 t
+        return np.full(size, int(round(1000 * t)), np.uint16)
+
+    feed(recorder, 0.4)
+    assert "front depth" in recorder.start() and not recorder.recording  # no depth seen yet
+    recorder.on_depth("front", depth(0.4), 0.4)
+    assert "recording" in recorder.start()
+    for k in range(4):
+        t = 0.5 + 0.1 * k
+        feed(recorder, t)
+        recorder.on_depth("front", depth(t), t)
+        recorder.on_depth("front", depth(t + 0.05), t + 0.05)  # newer depth before the action computed from t
+        assert recorder.on_action(np.zeros(7), stamp=t)
+    feed(recorder, 0.9)
+    recorder.on_depth("front", depth(0.9, (12, 16)), 0.95)  # a depth not aligned to colour: the step is skipped
+    assert not recorder.on_action(np.zeros(7), stamp=0.95) and "aligned to colour" in recorder.message
+    episode = read_episode(recorder.stop())
+    assert set(episode.depth) == {"front"} and episode.depth["front"].dtype == np.uint16
+    assert episode.depth["front"].shape == (5, 24, 32)
+    assert [int(episode.depth["front"][t][0, 0]) for t in range(4)] == [500, 600, 700, 800]
+
+
 def hand_eye_file(path, calibration_type: str, child_frame: str, translation, quaternion):
     """A hand-eye result as `irevla calibrate handeye` / easy_handeye2 write it (their common fields)."""
     path.write_text(

@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
@@ -24,6 +25,7 @@ from irevla.robot.config import RecorderConfig
 from irevla.robot.conversions import (
     ConversionError,
     action_values_from_joint_state,
+    image_to_numpy,
     image_to_rgb,
     proprio_from_joint_state,
     stamp_to_seconds,
@@ -51,6 +53,10 @@ class RecorderNode(Node):
         for camera, topic in config.cameras.topic_of().items():
             self.create_subscription(Image, topic, lambda message, camera=camera: self._on_image(camera, message),
                                      SENSOR_QOS, event_callbacks=STREAM_EVENTS)
+        for camera, topic in zip(config.cameras.names, config.cameras.depth_topics):
+            if topic:
+                self.create_subscription(Image, topic, lambda message, camera=camera: self._on_depth(camera, message),
+                                         SENSOR_QOS, event_callbacks=STREAM_EVENTS)
         self.create_subscription(JointState, config.topics.robot_state, self._on_state, SENSOR_QOS,
                                  event_callbacks=STREAM_EVENTS)
         self.create_subscription(JointState, config.topics.action, self._on_action, COMMAND_QOS)
@@ -73,6 +79,18 @@ class RecorderNode(Node):
             return
         with self.lock:
             self.core.on_image(camera, image, stamp_to_seconds(message.header.stamp))
+
+    def _on_depth(self, camera: str, message: Image) -> None:
+        try:
+            depth = image_to_numpy(message)
+            if depth.dtype != np.uint16 or depth.ndim != 2:
+                raise ConversionError(f"depth image {message.encoding} {depth.dtype} {depth.shape}: expected 16UC1 "
+                                      f"(uint16 millimetres, one channel)")
+        except ConversionError as exc:
+            self.get_logger().warning(f"camera {camera} depth: {exc}", throttle_duration_sec=5.0)
+            return
+        with self.lock:
+            self.core.on_depth(camera, depth, stamp_to_seconds(message.header.stamp))
 
     def _on_state(self, message: JointState) -> None:
         try:
