@@ -221,7 +221,7 @@ class CameraStream:
             try:
                 self._stream(rs, pipeline, profile)
             except Exception as exc:  # noqa: BLE001 -- a dropped device: reconnect
-                self._failed(str(exc))
+                self._failed(f"{self.source.description}: {exc}")  # the serial says which camera, physically
             finally:
                 try:
                     pipeline.stop()

@@ -1,6 +1,7 @@
 """realsense_camera with real pyrealsense2: a software_device camera (pipeline.set_device) and a recorded .db3
-played back. Core: frames, stamps, reconnect after a drop. Node (real DDS, private namespace): sensor_msgs/Image
-rgb8 + CameraInfo with the right stamps, from a live (software) device and from a recording."""
+played back. Core: frames, stamps, depth aligned to colour in millimetres, reconnect after a drop. Node (real DDS,
+private namespace): sensor_msgs/Image rgb8 + CameraInfo with the right stamps, from a live (software) device and from
+a recording; two cameras with depth at once, one unplugged and reported by its serial while the other streams."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 rs = pytest.importorskip("pyrealsense2", reason="pyrealsense2 not installed (the 'robot' extra)")
 
 from netns import run_isolated  # noqa: E402
-from software_realsense import SoftwareCamera, frame_pixels  # noqa: E402
+from software_realsense import SoftwareCamera, depth_mm, frame_pixels  # noqa: E402
 
 from irevla.robot.realsense import CameraStream, PlaybackSource  # noqa: E402
 
@@ -38,6 +39,25 @@ def test_software_device_frames_have_content_intrinsics_and_host_stamps():
         assert (frame.intrinsics.width, frame.intrinsics.fx) == (64, pytest.approx(57.6))
         numbers = [f.frame_number for f in frames]
         assert numbers == sorted(numbers)
+    finally:
+        stream.stop()
+        camera.close()
+
+
+def test_software_device_depth_is_aligned_to_colour_in_millimetres():
+    camera = SoftwareCamera(64, 48, depth=True, serial="000000000007")
+    frames = []
+    stream = CameraStream("wrist", camera, frames.append, frame_timeout=0.5, reconnect_interval=0.1,
+                          align_depth=True, log=lambda message: None).start()
+    try:
+        collect(frames, 5, 10.0)
+        for frame in frames[-3:]:
+            assert frame.depth is not None and frame.depth.dtype == np.uint16 and frame.depth.shape == (48, 64)
+            # frames are matched by number: the depth of colour frame n is depth_mm(n), as the device wrote it; the
+            # alignment leaves holes (0 = no reading) where no depth pixel lands after rounding, as on a real D4xx
+            readings = frame.depth[frame.depth > 0]
+            assert np.all(readings == depth_mm(frame.frame_number)), (frame.frame_number, np.unique(readings))
+            assert readings.size >= 0.8 * frame.depth.size
     finally:
         stream.stop()
         camera.close()
@@ -161,6 +181,62 @@ def camera_node_body() -> None:
         executor.shutdown(timeout_sec=1.0)
         node.close()
         camera.close()
+        rclpy.shutdown()
+
+
+def test_two_cameras_with_depth_by_serial_one_unplugged_over_dds():
+    output = run_isolated(two_cameras_body, timeout=120)
+    assert "reported: software RealSense 000000000022" in output
+
+
+def two_cameras_body() -> None:
+    import rclpy
+    from ros_probe import Probe, spin_in_background
+    from sensor_msgs.msg import Image
+
+    from irevla.robot.config import RealSenseCameraConfig
+    from irevla.robot.conversions import image_to_numpy
+    from irevla.robot.nodes.realsense_camera import RealSenseCameraNode
+
+    rclpy.init()
+    wrist, front = SoftwareCamera(64, 48, depth=True, serial="000000000011"), SoftwareCamera(32, 24, depth=True,
+                                                                                           serial="000000000022")
+    config = RealSenseCameraConfig(names=("wrist", "front"), serials=("000000000011", "000000000022"),
+                                   align_depth=True, frame_timeout=0.5, reconnect_interval=0.1)
+    node = RealSenseCameraNode(config, sources={"wrist": wrist, "front": front})
+    probe = Probe()
+    topics = {f"/camera/{name}/{kind}": name for name in ("wrist", "front")
+              for kind in ("color/image_raw", "aligned_depth_to_color/image_raw")}
+    for topic in topics:
+        probe.watch(Image, topic, keep=True)
+    executor = spin_in_background([node, probe])
+    try:
+        probe.wait_for(lambda: all(probe.get(topic) for topic in topics), 20, "colour and depth of both cameras")
+        for name, (height, width) in (("wrist", (48, 64)), ("front", (24, 32))):
+            depth = probe.get(f"/camera/{name}/aligned_depth_to_color/image_raw")
+            assert depth.encoding == "16UC1" and (depth.height, depth.width) == (height, width)
+            assert depth.header.frame_id == f"{name}_color_optical_frame"
+            values = image_to_numpy(depth)
+            readings = values[values > 0]  # 0: a hole the alignment left
+            assert values.dtype == np.uint16 and readings.size >= 0.8 * values.size
+            assert 400 <= int(readings[0]) < 1400 and np.all(readings == readings[0])
+        front.unplug()  # the front camera drops off the bus; the wrist camera must not notice
+        probe.wait_for(lambda: node.streams["front"].status.reconnects >= 1, 10, "the front camera's reconnect")
+        error = node.streams["front"].status.last_error
+        assert "000000000022" in error and "000000000011" not in error, error
+        print("reported:", error)
+        count = len(probe.history["/camera/wrist/color/image_raw"])
+        probe.wait_for(lambda: len(probe.history["/camera/wrist/color/image_raw"]) > count + 5, 10,
+                       "the wrist camera streaming on")
+        assert node.streams["wrist"].status.reconnects == 0 and node.streams["wrist"].status.state == "streaming"
+        count = len(probe.history["/camera/front/aligned_depth_to_color/image_raw"])
+        probe.wait_for(lambda: len(probe.history["/camera/front/aligned_depth_to_color/image_raw"]) > count + 3, 10,
+                       "front depth after it came back")
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.close()
+        wrist.close()
+        front.close()
         rclpy.shutdown()
 
 
