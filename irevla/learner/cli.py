@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from irevla.atomic_io import atomic_write_text
     from irevla.head_file import load_head_arrays
     from irevla.learner.flax_head import HeadSpec
-    from irevla.learner.process import learner_metrics, serve
+    from irevla.learner.process import episode_metrics, learner_metrics, serve
     from irevla.learner.replay import LatentReplay
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -77,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # learner drops the records past its snapshot
     with learner_metrics(out, logging_config, resume_step=learner.updates if resumed else None,
                          config={"algorithm": algorithm, **settings}) as metrics, \
+            episode_metrics(out, logging_config, learner.episodes if resumed else None) as per_episode, \
             LearnerServer(args.bind, auth) as server:
         if args.address_file:
             atomic_write_text(args.address_file, server.address + "\n")
@@ -85,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # running on as an orphan; the rerun starts a new one that resumes from the snapshot.
         parent = os.getppid() if args.exit_with_parent else None
         serve(learner, server, out, stop=lambda: stopping["now"] or (parent is not None and os.getppid() != parent),
-              metrics=metrics, metrics_every=args.metrics_every)
+              metrics=metrics, metrics_every=args.metrics_every, episode_metrics=per_episode)
     logging.info("learner finished: %d updates, %d episodes (%d successes)", learner.updates, learner.episodes,
                  learner.successes)
     return 0

@@ -5,9 +5,9 @@ Kept apart from the algorithm files so the CLI and the loop's config validate wi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from irevla.config import ConfigModel
 
@@ -19,11 +19,21 @@ class LearnerBaseConfig(ConfigModel):
     demo_capacity: int = Field(default=100_000, ge=2, description="observations in the demo buffer")
     successes_to_demo: bool = Field(default=True, description="copy successful online episodes into the demo "
                                                              "buffer (self-imitation half of the batch)")
-    interventions_to_demo: bool = Field(default=True, description="copy episodes with human interventions into "
-                                                                  "the demo buffer (HIL-SERL)")
+    interventions_to_demo: Literal["steps", "episode", "off"] = Field(default="steps", description=(
+        "what a human intervention puts into the demo buffer: 'steps' = only the transitions a human chose, each "
+        "with its true next observation, reward and end (HIL-SERL); 'episode' = the whole episode; 'off' = nothing "
+        "(a success still goes whole with successes_to_demo). Old configs' true / false mean 'episode' / 'off'"))
     publish_every: int = Field(default=10, ge=1, description="publish the head every this many updates")
     snapshot_every_s: float = Field(default=60.0, gt=0, description="snapshot buffers and state this often")
     seed: int = 0
+
+    @field_validator("interventions_to_demo", mode="before")
+    @classmethod
+    def _boolean_from_old_configs(cls, value: Any) -> Any:
+        # Before "steps" existed this was a bool that copied the whole episode: keep such YAML files meaning that.
+        if isinstance(value, bool):
+            return "episode" if value else "off"
+        return value
 
 
 class SACConfig(ConfigModel):

@@ -14,8 +14,20 @@ What crosses the boundary:
 
 Each actor's steps are held until its episode ends and then handed over whole (an `EpisodeData`: T + 1 latents,
 T unit actions), so several actors never interleave inside a buffer; an episode with a missing step (the tail of one
-a restarted learner lost the head of) is dropped and counted. Successful episodes (``successes_to_demo``) and episodes
-with human interventions (``interventions_to_demo``, as in HIL-SERL) are also copied into the demo buffer.
+a restarted learner lost the head of) is dropped and counted.
+
+The demo buffer (half of each SAC batch) also gets, besides the initial demos:
+
+* successful episodes, whole (``successes_to_demo``);
+* human interventions (``interventions_to_demo``): with ``steps`` (the default, as HIL-SERL does) only the
+  transitions whose action a human chose -- each with its true next observation (the next step's latent, whoever
+  acted there, or the final one), and its true reward and end (a human segment that stops before the episode's last
+  step has reward 0 and is not terminal); with ``episode`` the whole episode of any intervention (this learner's
+  behaviour before ``steps``; old configs' ``true``); ``off`` copies none.
+
+Each episode's ``episode_log`` entry (kept in snapshots; the learner process writes it to ``metrics.jsonl`` as
+``episode/*``) has its steps, success, interventions, ``intervention_rate`` (interventions / steps) and the
+transitions it added to the demo buffer.
 
 State for resume: `snapshot(dir)` writes the demo buffer, the algorithm's state and the counters (safetensors +
 JSON, each file atomically, counters last); `restore(dir, spec, config)` continues from it.
@@ -162,19 +174,34 @@ class Learner(ABC):
             intervention=np.array([s.intervention for s in steps], bool), success=bool(end.success),
             versions=frozenset(int(s.policy_version) for s in steps))
 
-    def add_demo(self, episode: EpisodeData) -> None:
-        self.demo.add_episode(episode.latent, episode.mask, episode.proprio, episode.action, success=episode.success)
+    def add_demo(self, episode: EpisodeData, keep: np.ndarray | None = None) -> int:
+        """Copy `episode` (or only its `keep` steps) into the demo buffer; returns the transitions added."""
+        return self.demo.add_episode(episode.latent, episode.mask, episode.proprio, episode.action,
+                                     success=episode.success, interventions=episode.intervention, keep=keep)
+
+    def demo_steps(self, episode: EpisodeData) -> np.ndarray | None:
+        """Which of `episode`'s transitions go into the demo buffer: all (None) for a success with
+        ``successes_to_demo`` or any intervention with ``interventions_to_demo: episode``; the human's steps only
+        with ``steps`` (HIL-SERL); else none (an all-False mask)."""
+        config = self.config
+        if episode.success and config.successes_to_demo:
+            return None
+        if episode.intervention.any() and config.interventions_to_demo == "episode":
+            return None
+        if config.interventions_to_demo == "steps":
+            return episode.intervention
+        return np.zeros(episode.steps, bool)
 
     def _store(self, episode: EpisodeData) -> None:
         interventions = int(episode.intervention.sum())
-        if ((episode.success and self.config.successes_to_demo)
-                or (interventions and self.config.interventions_to_demo)):
-            self.add_demo(episode)
+        keep = self.demo_steps(episode)
+        demo_added = self.add_demo(episode, keep) if keep is None or keep.any() else 0
         extra = self.accept(episode)
         self.episodes += 1
         self.successes += int(episode.success)
         self.episode_log.append({"episode": self.episodes, "success": episode.success, "steps": episode.steps,
-                                 "interventions": interventions, **extra, "updates": self.updates,
+                                 "interventions": interventions, "intervention_rate": interventions / episode.steps,
+                                 "demo_transitions": demo_added, **extra, "updates": self.updates,
                                  "time": time.time()})
 
     # ------------------------------------------------------------------------------------- update / publish

@@ -4,7 +4,11 @@ Its metrics (`irevla.metrics_log`): every ``metrics_every`` updates and at the s
 ``out/metrics.jsonl`` and ``out/tensorboard`` (and wandb when enabled) with the step = the update count: the
 algorithm's statistics averaged over the updates since the last record (SAC: ``critic_loss``, ``actor_loss``,
 ``alpha``, ``q_mean``, ...; PPO: its losses), ``updates_per_s``, and the counters (episodes, successes, buffer
-sizes) under ``learner/``."""
+sizes) under ``learner/``. And in ``out/episodes/`` (its own log, so that each log's steps stay one increasing
+sequence that a resumed learner can cut at its snapshot) one record per episode received, with the step = the
+learner's episode count (``episode/index``): ``episode/updates`` (the update count when it arrived), ``episode/success``, ``episode/steps``, ``episode/interventions``, ``episode/intervention_rate``
+(interventions / steps: how much the human still has to take over), ``episode/demo_transitions`` (what it added to
+the demo buffer) and the algorithm's own fields (PPO: ``episode/on_policy``)."""
 
 from __future__ import annotations
 
@@ -26,6 +30,12 @@ def learner_metrics(out: Path, logging_config: LoggingConfig, resume_step: int |
     return MetricsLog(out, resume_step=resume_step, tensorboard=logging_config.tensorboard,
                       wandb=logging_config.wandb, run_name=f"{out.parent.name}/{out.name}", job_type="rl-learner",
                       config=config)
+
+
+def episode_metrics(out: Path, logging_config: LoggingConfig, resume_episodes: int | None = None) -> MetricsLog:
+    """The per-episode `MetricsLog` in ``out/episodes`` (step: the learner's episode count; TensorBoard only: one
+    wandb run per learner is enough, and its update records are there)."""
+    return MetricsLog(Path(out) / "episodes", resume_step=resume_episodes, tensorboard=logging_config.tensorboard)
 
 
 class UpdateWindow:
@@ -56,21 +66,37 @@ class UpdateWindow:
         return record
 
 
+def episode_records(learner: Learner, since: int) -> list[dict]:
+    """The metrics records of the episodes `learner` took after its `since`-th (its ``episode_log`` entries)."""
+    new = learner.episodes - since
+    entries = learner.episode_log[-new:] if new > 0 else []
+    return [{"step": entry["episode"], "episode/index": entry["episode"], "episode/updates": learner.updates,
+             **{f"episode/{key}": value for key, value in entry.items()
+                if key not in ("episode", "updates", "time") and isinstance(value, (bool, int, float))}}
+            for entry in entries]
+
+
 def serve(learner: Learner, server, out: Path, stop, log_every_s: float = 10.0, metrics: MetricsLog | None = None,
-          metrics_every: int = 50) -> Learner:
+          metrics_every: int = 50, episode_metrics: MetricsLog | None = None) -> Learner:
     """Run `learner` behind `server` (a `LearnerServer`) until `stop()` is true; snapshot into `out` regularly and
     at the end, publish the head as it trains, and write ``out/head.safetensors`` (the actor head, torch names).
-    With `metrics`, a record of the update statistics every `metrics_every` updates and at the end."""
+    With `metrics`, a record of the update statistics every `metrics_every` updates and at the end; with
+    `episode_metrics`, one record per episode."""
     out = Path(out)
     last_snapshot = last_log = time.monotonic()
     since_publish = 0
     window = UpdateWindow()
+    logged_episodes = learner.episodes  # episodes before (a resumed learner's) were logged by the earlier run
     server.publish_head(*learner.head_message())
     while not stop():
         # With updates to do, take what has arrived and go on (episodes arrive whole, so most polls find nothing:
         # waiting here would idle the learner between every few updates); with none, wait for an episode.
         for received in server.poll(timeout_ms=0 if learner.updates_allowed() else 50):
             learner.ingest(received.item, received.actor)
+        if episode_metrics is not None and learner.episodes != logged_episodes:
+            for record in episode_records(learner, logged_episodes):
+                episode_metrics.write(record)
+            logged_episodes = learner.episodes
         allowed = min(learner.updates_allowed(), 8)  # keep polling: acks and episodes keep flowing
         for _ in range(allowed):
             window.add(learner.update())
@@ -92,6 +118,9 @@ def serve(learner: Learner, server, out: Path, stop, log_every_s: float = 10.0, 
             last_log = now
     for received in server.poll(timeout_ms=0):
         learner.ingest(received.item, received.actor)
+    if episode_metrics is not None:
+        for record in episode_records(learner, logged_episodes):
+            episode_metrics.write(record)
     server.commit()
     if metrics is not None and window.updates:
         metrics.write(window.record(learner))

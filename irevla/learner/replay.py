@@ -6,8 +6,10 @@ is ``(obs_i, action_i, reward_i, terminal_i, obs_{i+1})``; it is sampleable (``v
 the same episode's next observation. The ring writes slots in order, so overwriting the oldest slot ``j`` loses
 observation ``j``: transition ``j`` is invalidated; transition ``j - 1`` was rewritten just before (it is the
 newest slot), so no stale transition can point at ``j``. Index arithmetic thus stays right across the ring's wrap and
-episode boundaries. An episode still open when a snapshot is taken is closed by the reload: its last step (no next
-observation yet) is never sampled.
+episode boundaries. `add_episode` can store a subset of an episode's transitions (``keep``): each run of kept
+steps is written as a piece that ends in its true next observation, so next-obs-by-index holds for pieces too. An
+episode still open when a snapshot is taken is closed by the reload: its last step (no next observation yet) is never
+sampled.
 
 Memory per slot: latent (fp16 by default) + mask (tokens mode) + proprio + action. For the tiny demo VLA in pooled
 mode that is ~0.3 KB; BLIP-2 OPT-2.7B tokens (m = 64 x d = 2560, fp16) are 328 KB per observation, 33 GB per 100k
@@ -135,18 +137,37 @@ class LatentReplay:
         self.transitions_added += 1
 
     def add_episode(self, latents: np.ndarray, masks: np.ndarray | None, proprios: np.ndarray, actions: np.ndarray,
-                    success: bool, terminal_on_success: bool = True) -> None:
-        """A whole episode at once: T + 1 observations and T actions; reward 1 on the last step if `success`."""
+                    success: bool, terminal_on_success: bool = True, interventions: np.ndarray | None = None,
+                    keep: np.ndarray | None = None) -> int:
+        """A whole episode at once: T + 1 observations and T actions; reward 1 on the last step if `success`
+        (terminal then, unless not `terminal_on_success`). `interventions` (T bools) flags the steps a human chose.
+
+        `keep` (T bools; default all): store only these transitions. Each run of kept steps ``a..b`` is written as
+        a piece of its own -- observations ``a..b`` and then observation ``b + 1`` as the piece's end -- so every
+        kept transition keeps its true next observation, and its true reward and end: a piece that stops before the
+        episode's last step has reward 0 and is not terminal. Returns the number of transitions stored."""
         steps = len(actions)
         if len(latents) != steps + 1 or len(proprios) != steps + 1:
             raise ReplayError(f"LatentReplay.add_episode: expected {steps + 1} observations for {steps} actions, "
                               f"got {len(latents)} latents and {len(proprios)} proprio rows")
         if steps == 0:
             raise ReplayError("LatentReplay.add_episode: an episode needs at least one action")
-        for t in range(steps):
-            self.add_step(latents[t], None if masks is None else masks[t], proprios[t], actions[t])
-        self.end_episode(latents[steps], None if masks is None else masks[steps], proprios[steps],
-                         reward=1.0 if success else 0.0, terminal=bool(success and terminal_on_success))
+        flags = np.zeros(steps, bool) if interventions is None else np.asarray(interventions, bool).reshape(-1)
+        kept = np.ones(steps, bool) if keep is None else np.asarray(keep, bool).reshape(-1)
+        for name, array in (("interventions", flags), ("keep", kept)):
+            if array.shape[0] != steps:
+                raise ReplayError(f"LatentReplay.add_episode: {name} has {array.shape[0]} values for {steps} actions")
+        # Runs of kept steps: start where a kept step follows a dropped one (or the start), stop before a drop.
+        edges = np.diff(np.concatenate([[0], kept.astype(np.int8), [0]]))
+        for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+            for t in range(start, stop):
+                self.add_step(latents[t], None if masks is None else masks[t], proprios[t], actions[t],
+                              intervention=bool(flags[t]))
+            last = stop == steps  # the piece ends where the episode ends: the episode's reward and end apply
+            self.end_episode(latents[stop], None if masks is None else masks[stop], proprios[stop],
+                             reward=1.0 if (success and last) else 0.0,
+                             terminal=bool(success and terminal_on_success and last))
+        return int(kept.sum())
 
     # ----------------------------------------------------------------------------------------------- sampling
     def valid_indices(self) -> np.ndarray:

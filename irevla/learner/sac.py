@@ -320,7 +320,7 @@ class SACLearner(Learner):
         # Sparse reward: 1 on the last step of a success, which is terminal; a failure ends at its time limit
         # (not terminal: bootstrap). `LatentReplay` derives both from `success`.
         self.online.add_episode(episode.latent, episode.mask, episode.proprio, episode.action,
-                                success=episode.success)
+                                success=episode.success, interventions=episode.intervention)
         return {}
 
     def updates_allowed(self) -> int:

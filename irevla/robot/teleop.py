@@ -16,6 +16,12 @@ Layers, lowest first:
   ``rotation_scale`` rad per step at full deflection (SERL: 0.02 m / 0.1 rad at 10 Hz).
 * `InterventionDetector` -- HIL-SERL: an action norm above ``intervention_threshold`` means a human took over;
   the takeover lasts ``intervention_hold`` seconds after the last such input.
+
+Smooth takeover: the motion is a delta, integrated by franka_control from its current target, so taking over and
+releasing move the target by exactly what the actions say. The gripper is not a delta but a state (0 open ... 1
+closed) that the human changes with buttons; while nobody intervenes it follows the gripper the robot was last
+commanded (`TeleopCore.follow_gripper`, fed by the teleop node from ``topics.action``), so a takeover keeps a
+grasp the policy closed instead of opening the gripper with the human's first motion.
 """
 
 from __future__ import annotations
@@ -246,3 +252,14 @@ class TeleopCore:
             self.gripper = 0.0 if self.gripper > 0.5 else 1.0
         intervening = self.detector.update(motion, self.clock(), buttons=self.gripper != gripper_before)
         return TeleopStep(np.concatenate([motion, [self.gripper]]).astype(np.float32), intervening)
+
+    def follow_gripper(self, gripper: float) -> bool:
+        """The gripper command the robot was last sent (by the policy, or by anyone): while no takeover is on, the
+        teleop's gripper state becomes it, so the human's first action after taking over keeps the gripper as it is
+        (a button or toggle then changes it from there). Ignored during a takeover (the human owns the gripper) and
+        when not finite. Returns whether it was taken."""
+        gripper = float(gripper)
+        if not np.isfinite(gripper) or self.detector.active(self.clock()):
+            return False
+        self.gripper = float(np.clip(gripper, 0.0, 1.0))
+        return True

@@ -63,18 +63,21 @@ def test_both_algorithms_share_intake_publishing_and_snapshots(name, tmp_path):
     learner = entry.create(point_spec(), config, None)
     assert isinstance(learner, Learner) and learner.algorithm == name
     version, _ = learner.head_message()
-    for t in range(4):  # one successful episode with a human step: demo copy for both algorithms
+    # One successful episode with a human step: SAC copies the success whole, PPO (successes_to_demo off by default)
+    # the human's step only (interventions_to_demo: steps).
+    demo = {"sac": 4, "ppo": 1}[name]
+    for t in range(4):
         learner.ingest(Transition(0, t, *pooled_latent(np.full(16, t, np.float16)), np.zeros(2, np.float32),
                                   np.full(2, 0.5, np.float32), t == 1, version), "a")
     learner.ingest(EpisodeEnd(0, 4, True, *pooled_latent(np.zeros(16, np.float16)), np.zeros(2, np.float32)), "a")
-    assert (learner.episodes, learner.successes, learner.received_transitions, len(learner.demo)) == (1, 1, 4, 4)
+    assert (learner.episodes, learner.successes, learner.received_transitions, len(learner.demo)) == (1, 1, 4, demo)
     assert learner.updates_allowed() >= 1
     learner.update()
     version, params = learner.head_message()
     assert learner.updates == 1 and params[LOG_STD_NAME].shape == (2,)
     learner.snapshot(tmp_path / "snap")
     restored = entry.restore(tmp_path / "snap", point_spec(), config)
-    assert (restored.updates, restored.version, restored.episodes, len(restored.demo)) == (1, version, 1, 4)
+    assert (restored.updates, restored.version, restored.episodes, len(restored.demo)) == (1, version, 1, demo)
     other = get_algorithm("ppo" if name == "sac" else "sac")
     with pytest.raises(SnapshotError, match="not a"):
         other.restore(tmp_path / "snap", point_spec(), other.config({}, "test"))

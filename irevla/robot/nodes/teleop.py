@@ -5,6 +5,8 @@ Publishes sensor_msgs/JointState actions (irevla.robot.conversions' convention, 
 held ``intervention_hold`` s) on ``output_topic`` -- by default ``topics.teleop_action``, which the RL actor merges
 as interventions; set it to ``topics.action`` (teleop_record.launch.py does) to drive franka_control directly.
 ``device: auto`` tries the SpaceMouse (hidapi) and falls back to the keyboard in this terminal.
+It listens to ``topics.action`` (what franka_control is commanded, e.g. by the policy): while nobody intervenes the
+teleop's gripper follows the commanded one, so a takeover does not open a gripper the policy closed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sensor_msgs.msg import JointState
 
 from irevla.config import ConfigError
 from irevla.robot.config import TeleopConfig
-from irevla.robot.conversions import action_to_joint_state
+from irevla.robot.conversions import ConversionError, action_to_joint_state, command_from_joint_state
 from irevla.robot.keyboard import TerminalKeys
 from irevla.robot.ros_edge import COMMAND_QOS, declare_config, run_nodes, wall_time
 from irevla.robot.teleop import (
@@ -41,6 +43,9 @@ class TeleopNode(Node):
         self.core = TeleopCore(config, self.source.read)
         topic = config.output_topic or config.topics.teleop_action
         self.publisher = self.create_publisher(JointState, topic, COMMAND_QOS)
+        # The commanded gripper, to take over from (see irevla.robot.teleop). When output_topic is topics.action
+        # this hears its own actions too, which changes nothing: while it intervenes the core ignores them.
+        self.create_subscription(JointState, config.topics.action, self._on_commanded_action, COMMAND_QOS)
         self.create_timer(1.0 / config.rate_hz, self._step)
         self.get_logger().info(f"teleop up: {type(self.source).__name__} -> {topic} at {config.rate_hz:g} Hz")
 
@@ -62,6 +67,14 @@ class TeleopNode(Node):
             self.get_logger().warning("keyboard teleop needs a terminal (run the node in one, not under launch "
                                       "without a tty); no input will arrive")
         return keyboard
+
+    def _on_commanded_action(self, message: JointState) -> None:
+        try:
+            command = command_from_joint_state(message)
+        except ConversionError as exc:
+            self.get_logger().warning(f"commanded action ignored: {exc}", throttle_duration_sec=5.0)
+            return
+        self.core.follow_gripper(float(command.values[-1]))
 
     def _step(self) -> None:
         error = getattr(self.source, "error", None)
