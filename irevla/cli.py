@@ -210,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sft_parser(commands)
     add_policy_parser(commands)
 
+    from irevla.reward.cli import add_reward_parser  # argparse only; torch loads when it runs
+
+    add_reward_parser(commands)
+
     from irevla.iterate.cli import add_iterate_parser, add_learner_parser  # argparse only; torch/jax load when run
 
     add_iterate_parser(commands)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -354,3 +354,14 @@ class EpisodeBuilder:
             instruction=self.instruction or "", task=self.task, source=self.source, round=self.round,
             created=self.created, timestamps=np.asarray(self._timestamps, dtype=np.float64),
             interventions=interventions, metadata=self.metadata)
+
+
+def finish_labelled(builder: EpisodeBuilder, final: Observation, success: bool) -> Episode:
+    """The builder's episode with its label: a success gets the sparse reward 1.0 on its last step (known only
+    once a human, the env or a success detector labelled the episode; the steps were recorded with 0)."""
+    episode = builder.finish(final, success=success)
+    if not success:
+        return episode
+    rewards = episode.rewards.copy()
+    rewards[-1] = 1.0
+    return replace(episode, rewards=rewards)

@@ -10,6 +10,8 @@
   ``noise_beta > 0``, coloured noise over the episode (1 = pink; Eberhard et al., ICLR 2023): each step's marginal
   is still N(0, 1), so SAC's tanh-Gaussian is unchanged, but the low frequencies keep a drift for tens of steps,
   which explores a consistent offset (a target further right) that white noise averages away;
+* `last_tokens` / `last_mask`: the VLM's last hidden states of the last observation (float32), in either latent
+  mode: what a success detector reads (`irevla.reward.features`) without a second VLM pass;
 * `start_episode()` draws the next episode's noise sequence;
 * `apply_head(version, params)` loads what the learner published (``mlp.*`` only in pooled mode; the token learner
   then stays as it was when stage 1 started) between steps.
@@ -49,6 +51,8 @@ class LatentActor:
         self.rng = np.random.default_rng(seed)
         self._pooled: torch.Tensor | None = None
         self._proprio_unit: torch.Tensor | None = None
+        self.last_tokens: np.ndarray | None = None  # (m, d) float32 of the last observe()
+        self.last_mask: np.ndarray | None = None
 
     def start_episode(self) -> None:
         """Draw the noise sequence of a new episode (coloured noise only; white noise needs no state)."""
@@ -79,6 +83,9 @@ class LatentActor:
         tokens = latent.tokens.to(head.mlp.out.weight.dtype)
         self._pooled = head.token_learner(tokens, latent.mask)
         self._proprio_unit = policy.normalizer.proprio_to_unit(proprio.to(policy.device))
+        # The VLM's own hidden states, whatever the latent mode: what a success detector reads (irevla.reward).
+        self.last_tokens = latent.tokens[0].float().cpu().numpy()
+        self.last_mask = latent.mask[0].cpu().numpy().astype(bool)
         if self.latent_mode == "pooled":
             return self._pooled.float().cpu().numpy().astype(np.float16), np.ones(1, bool)
         return tokens[0].float().cpu().numpy().astype(np.float16), latent.mask[0].cpu().numpy().astype(bool)
