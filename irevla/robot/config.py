@@ -332,6 +332,22 @@ class RlActorConfig(ConfigModel):
                                                                             "(the recorder's task for D_e)")
     record_round: int = Field(default=1, ge=0, description="iRe-VLA round stored in the recorded episodes "
                                                            "(0 = expert demonstrations)")
+    reward_source: Literal["human", "classifier", "classifier+human"] = Field(
+        default="human", description="who ends an episode with its label (irevla.reward.sources): human (the end "
+                                     "services), classifier (the success detector), classifier+human (the detector "
+                                     "ends it, a human confirms or vetoes within review_window_s)")
+    detector: str = Field(default="", description="success detector directory (irevla reward train) for the "
+                                                  "classifier reward sources; trained on this policy's VLM")
+    review_window_s: float = Field(default=10.0, gt=0, description="classifier+human: how long the arm holds for "
+                                                                   "the human's confirm / veto after the detector "
+                                                                   "fired (s); no answer: the detector's label")
+
+    @model_validator(mode="after")
+    def _detector_for_the_classifier(self) -> RlActorConfig:
+        if self.reward_source != "human" and not self.detector:
+            raise ValueError(f"reward_source {self.reward_source!r} needs detector: a success detector directory "
+                             f"(irevla reward train --policy <this policy> ...); or reward_source 'human'")
+        return self
 
 
 class VLAPolicyConfig(ConfigModel):

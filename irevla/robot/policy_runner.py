@@ -66,6 +66,7 @@ class PolicyRunner:
         self.source = source
         self.version = 0  # bumped by every head the RL learner sends
         self._lock = threading.Lock()  # act vs. load_head_state from another thread
+        self._last_latent: tuple[np.ndarray, np.ndarray] | None = None  # (tokens, mask) of the last encode
 
     @classmethod
     def load(cls, settings: PolicySourceConfig, cameras: Sequence[str]) -> PolicyRunner:
@@ -150,7 +151,19 @@ class PolicyRunner:
         images, instructions, _ = self.policy.observations_to_batch([observation])
         with self._lock, torch.no_grad(), self.policy.evaluating():
             latent = self.policy.encode({c: t.to(self.policy.device) for c, t in images.items()}, instructions)
-        return latent.tokens[0].float().cpu().numpy(), latent.mask[0].cpu().numpy()
+            self._last_latent = latent.tokens[0].float().cpu().numpy(), latent.mask[0].cpu().numpy()
+        return self._last_latent
+
+    def last_features(self) -> np.ndarray:
+        """The success detector's features (`irevla.reward.features.pool_tokens`, (2 d,)) of the observation the
+        last `encode` saw: the VLM's hidden states it returned, pooled -- no second VLM pass."""
+        from irevla.reward.features import pool_tokens
+
+        with self._lock:
+            latent = self._last_latent
+        if latent is None:
+            raise RuntimeError("PolicyRunner.last_features: nothing encoded yet")
+        return pool_tokens(*latent)
 
     def act_from_latent(self, tokens: np.ndarray, mask: np.ndarray, proprio: np.ndarray) -> np.ndarray:
         """The head's action (float32[7], clipped to the ActionSpec) for a stored latent: the RL actor's step."""
@@ -237,6 +250,18 @@ class LatentActorRunner:
             tokens, mask = self.actor.observe(observation)
         self._last_latent = tokens
         return tokens, mask
+
+    def last_features(self) -> np.ndarray:
+        """The success detector's features (`irevla.reward.features.pool_tokens`, (2 d,)) of the observation the
+        last `encode` saw: the VLM's last hidden states `LatentActor.observe` kept (in either latent mode), pooled
+        -- the detector costs no second VLM pass."""
+        from irevla.reward.features import pool_tokens
+
+        with self.runner._lock:
+            tokens, mask = self.actor.last_tokens, self.actor.last_mask
+        if tokens is None or mask is None:
+            raise RuntimeError("LatentActorRunner.last_features: nothing encoded yet")
+        return pool_tokens(tokens, mask)
 
     def act_from_latent(self, tokens: np.ndarray, mask: np.ndarray, proprio: np.ndarray) -> np.ndarray:
         """The action (float32[7], clipped to the ActionSpec) for the latent the last `encode` returned: LatentActor

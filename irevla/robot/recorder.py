@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from irevla.calibration.result import camera_extrinsics
-from irevla.data.episode import Episode, EpisodeBuilder
+from irevla.data.episode import Episode, EpisodeBuilder, finish_labelled
 from irevla.data.store import EpisodeStore
 from irevla.robot.config import RecorderConfig
 from irevla.spec import REAL_ROBOT_PROPRIO, ActionSpec, ContractError, Observation, ObservationSpec, TaskSpec
@@ -73,17 +73,6 @@ class RecorderStatus:
     episodes_written: int
     last_path: str
     message: str
-
-
-def finish_labelled(builder: EpisodeBuilder, final: Observation, success: bool) -> Episode:
-    """The builder's episode with its label: a success gets the sparse reward 1.0 on its last step (known only
-    once a human, or the env, labelled the episode; the steps were recorded with 0)."""
-    episode = builder.finish(final, success=success)
-    if not success:
-        return episode
-    rewards = episode.rewards.copy()
-    rewards[-1] = 1.0
-    return replace(episode, rewards=rewards)
 
 
 class RecorderCore:

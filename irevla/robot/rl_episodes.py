@@ -30,9 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from irevla.data.episode import Episode, EpisodeBuilder
+from irevla.data.episode import Episode, EpisodeBuilder, finish_labelled
 from irevla.data.store import EpisodeStore
-from irevla.robot.recorder import finish_labelled
 from irevla.spec import REAL_ROBOT_PROPRIO, ActionSpec, ContractError, Observation, ObservationSpec, TaskSpec
 
 log = logging.getLogger(__name__)

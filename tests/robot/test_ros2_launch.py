@@ -190,6 +190,12 @@ def test_policy_rl_actor_teleop_and_sim_launch_files(launch_install, tmp_path):
     assert config.mode == "rl_actor" and config.rl_actor.record_failures is True
     assert config.rl_actor.learner_address == "tcp://127.0.0.1:5600"
     assert config.rl_actor.record_dir == str(tmp_path / "d_rl")
+    assert (config.rl_actor.reward_source, config.rl_actor.review_window_s) == ("human", 10.0)
+    actor = visit(install, "rl_actor.launch.py", reward_source="classifier+human", detector=str(tmp_path / "det"),
+                  review_window_s="4.5")
+    config = node(actor, "vla_policy")["config"]
+    assert (config.rl_actor.reward_source, config.rl_actor.detector, config.rl_actor.review_window_s) == \
+        ("classifier+human", str(tmp_path / "det"), 4.5)
 
     teleop = visit(install, "teleop_record.launch.py", out=str(tmp_path / "demos"), task="pick-cube",
                    device="keyboard")

@@ -28,6 +28,18 @@ Modes:
   published as JSON on ``topics.episode_event``. With ``rl_actor.record_dir`` each finished episode is also written
   to that episode store (`irevla.robot.rl_episodes`: D_RL for stage 2): then an observation holds every camera of
   ``cameras.names``, and a step waits for all of them to be fresh.
+
+  Who labels an episode: ``rl_actor.reward_source`` (`irevla.reward.sources`). ``human`` (default): the services
+  and the time limit, as above. ``classifier``: a success detector (``rl_actor.detector``, a directory of ``irevla
+  reward train``, loaded and checked against ``policy.checkpoint``'s VLM at node start: a detector of another VLM, a
+  missing or corrupt file stops the node with a message naming the file) scores every observation on the frozen
+  VLM's hidden states the step computed anyway, and ends the episode as a success on the observation it fires on.
+  ``classifier+human``: when it fires the arm holds (nothing published) for ``rl_actor.review_window_s``; an
+  ``rl_episode_review`` event says so; ``~/end_episode_success`` confirms, ``~/end_episode_failure`` vetoes (a
+  failure; recorded even without ``record_failures``: the detector's best negative); no answer: the detector's
+  label. A human may still end an episode first (a success the detector missed is a disagreement too). Each end
+  event and recorded episode carries the label's source (``success_source``, ``disagreement``, ``human_labels``),
+  and with ``record_dir`` every disagreement is appended to ``<record_dir>/disagreements.jsonl``.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import sys
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -47,6 +60,7 @@ from std_srvs.srv import Trigger
 
 from irevla.config import ConfigError
 from irevla.data.store import EpisodeStore
+from irevla.reward.sources import make_reward_source
 from irevla.robot.config import VLAPolicyConfig
 from irevla.robot.conversions import (
     META_INTERVENTION,
@@ -100,6 +114,10 @@ class VLAPolicyNode(Node):
         self._own_link = False
         self._learner_auth = self._check_learner_setup() if self.rl_mode and link is None else None
         self.episode_store = self._open_episode_store() if self.rl_mode and config.rl_actor.record_dir else None
+        # The success detector (classifier reward sources): checked against the checkpoint now, before the model
+        # loads and before any episode -- not when it first fires.
+        self.detector = (self._load_detector() if self.rl_mode and config.rl_actor.reward_source != "human"
+                         else None)
         # Recording keeps every configured camera, not only the policy's (set once the policy has loaded).
         self.record_cameras: tuple[str, ...] = ()
         self.runner: PolicyRunner | LatentActorRunner | None = None
@@ -165,6 +183,28 @@ class VLAPolicyNode(Node):
             raise ConfigError(f"vla_policy: cameras.hand_eye_files: {exc}") from None
         return {"camera_extrinsics": extrinsics} if extrinsics else {}
 
+    def _load_detector(self):
+        """rl_actor.detector: load it and refuse a detector trained on another VLM than policy.checkpoint's."""
+        from irevla.errors import UserError
+        from irevla.reward.detector import SETTINGS, SuccessDetector
+        from irevla.reward.features import vlm_fingerprint
+
+        settings, checkpoint = self.config.rl_actor, self.config.policy.checkpoint
+        if not checkpoint:
+            raise ConfigError(f"vla_policy: rl_actor.reward_source {settings.reward_source!r} needs "
+                              "policy.checkpoint: the detector's VLM is checked against the checkpoint's, and the "
+                              "tiny preset has none")
+        try:
+            fingerprint = vlm_fingerprint(checkpoint)
+        except (UserError, OSError, KeyError, ValueError) as exc:
+            raise ConfigError(f"vla_policy: policy.checkpoint {checkpoint!r}: {exc}") from None
+        try:
+            detector = SuccessDetector.load(settings.detector)
+            detector.check_vlm(fingerprint, checkpoint, Path(settings.detector) / SETTINGS)
+        except (UserError, OSError) as exc:
+            raise ConfigError(f"vla_policy: rl_actor.detector: {exc}") from None
+        return detector
+
     def _open_episode_store(self) -> EpisodeStore:
         """rl_actor.record_dir: create it now, so a bad path stops the node at start, not after an hour's episode."""
         directory = self.config.rl_actor.record_dir
@@ -208,12 +248,17 @@ class VLAPolicyNode(Node):
                               "checkpoint_id": runner.checkpoint_id, "latent": settings.latent,
                               "explore": settings.explore, **self._camera_extrinsics()})
                 self.record_cameras = tuple(self.config.cameras.names)
+            reward = make_reward_source(settings.reward_source, self.detector, settings.review_window_s)
             core = RlActorCore(actor, self.link, max_episode_steps=settings.max_episode_steps,
-                               report=self.get_logger().error, recorder=recorder)
+                               report=self.get_logger().error, recorder=recorder, reward=reward)
             recording = (f"; episodes ({'all' if settings.record_failures else 'successes'}) to "
                          f"{self.episode_store.root}" if recorder is not None else "")
+            judged = "" if self.detector is None else (
+                f"; success from the detector {settings.detector}"
+                + (f", reviewed for {settings.review_window_s:g} s" if settings.reward_source == "classifier+human"
+                   else ""))
             self.get_logger().info(f"rl_actor: {settings.latent} latents to the learner at "
-                                   f"{settings.learner_address} as {settings.actor_id!r}{recording}; call "
+                                   f"{settings.learner_address} as {settings.actor_id!r}{recording}{judged}; call "
                                    "~/start_episode")
             runner = actor
         # The loader thread publishes the runner before the core: whoever sees the core (the control timer, the
@@ -228,7 +273,8 @@ class VLAPolicyNode(Node):
                                      "control_hz": self.config.control_hz}
         if self.core is not None:
             info |= {"learner": self.config.rl_actor.learner_address, "actor_id": self.config.rl_actor.actor_id,
-                     "episode": self.core.episode, "episode_running": self.core.active}
+                     "episode": self.core.episode, "episode_running": self.core.active,
+                     "reward_source": self.config.rl_actor.reward_source, "reviewing": self.core.reviewing}
         self.info_publisher.publish(String(data=json.dumps(info)))
 
     def close(self) -> None:
@@ -306,6 +352,11 @@ class VLAPolicyNode(Node):
         if runner is None:
             return
         core = self.core
+        if core is not None and core.reviewing:  # the arm holds (nothing published) while the human reviews
+            summary = core.poll_review()  # the window closed without an answer: the detector's label
+            if summary is not None:
+                self._episode_event("rl_episode_end", summary | {"reason": "review window closed"})
+            return
         if core is not None and not core.active:
             return  # between episodes: nothing to do; franka_control holds the arm
         observation, why_not = self._observe(self.episode_started_at if core is not None else 0.0)
@@ -321,9 +372,13 @@ class VLAPolicyNode(Node):
                 self._time_up(observation)
                 return
             else:
-                action, intervention = core.step(observation, self._human_action())
+                tick = core.tick(observation, self._human_action())
+                action, intervention = tick.action, tick.intervention
         except Exception as exc:  # noqa: BLE001 -- a NaN from the network must stop the arm, not the node
             self._skip(f"policy failed: {exc}")
+            return
+        if action is None:  # the detector fired on this observation: the episode ended, or the human reviews
+            self._on_verdict(tick)
             return
         self.inference_seconds.append(time.perf_counter() - begin)
         observed_at = observation.timestamp
@@ -341,10 +396,23 @@ class VLAPolicyNode(Node):
                        "~/end_episode_success or ~/end_episode_failure")
             return
         try:
-            summary = self.core.end_episode(observation, success=False, metadata={"end": "time limit"})
+            summary = self.core.end_at_time_limit(observation)
         except RuntimeError:
             return  # a label arrived meanwhile
         self._episode_event("rl_episode_end", summary | {"reason": "time limit"})
+
+    def _on_verdict(self, tick) -> None:
+        if tick.ended is not None:
+            self._episode_event("rl_episode_end", tick.ended | {"reason": "classifier"})
+            return
+        verdict = tick.review.verdict
+        self._episode_event("rl_episode_review", {
+            "episode": self.core.episode, "success_frame": verdict.frame, "detector_p": verdict.probability,
+            "window_s": tick.review.window_s})
+        self.get_logger().warning(
+            f"the detector says episode {self.core.episode} succeeded (frame {verdict.frame}, p "
+            f"{verdict.probability:.3f}): ~/end_episode_success confirms, ~/end_episode_failure vetoes, within "
+            f"{tick.review.window_s:g} s; the arm holds")
 
     def _episode_event(self, kind: str, fields: dict) -> None:
         self.event_publisher.publish(String(data=json.dumps({"event": kind, "stamp": wall_time(), **fields})))
@@ -392,7 +460,20 @@ class VLAPolicyNode(Node):
         return response
 
     def _srv_end(self, response: Trigger.Response, success: bool) -> Trigger.Response:
+        """The human's label: ends the running episode, or answers the detector's review (success = confirm,
+        failure = veto)."""
         core = self.core
+        if core is not None and core.reviewing:
+            try:
+                summary, answered = core.answer_review(success)
+            except RuntimeError:  # the window closed and the timer ended the episode meanwhile
+                response.success, response.message = False, "no episode is running (the review window had closed)"
+                return response
+            self._episode_event("rl_episode_end", summary | {"reason": "review"})
+            response.success = True
+            response.message = self._ended_message(summary) + (
+                "" if answered else "; your answer came after the review window: the detector's label stands")
+            return response
         if core is None or not core.active:
             response.success, response.message = False, "no episode is running"
             return response
@@ -401,18 +482,27 @@ class VLAPolicyNode(Node):
             response.success, response.message = False, f"cannot end the episode yet: {why_not}"
             return response
         try:
-            summary = core.end_episode(observation, success, metadata={"end": "label"})
+            summary = core.human_label(observation, success)
         except Exception as exc:  # noqa: BLE001 -- told to the caller; the episode stays open
             response.success, response.message = False, f"{type(exc).__name__}: {exc}"
             return response
         self._episode_event("rl_episode_end", summary | {"reason": "label"})
-        response.success = True
-        response.message = (f"episode {summary['episode']} ended ({'success' if success else 'failure'}, "
-                            f"{summary['steps']} steps, {summary['interventions']} interventions)")
-        if "recorded" in summary:
-            response.message += (f"; recorded to {summary['recorded']}" if summary["recorded"]
-                                 else f"; {summary['not_recorded']}")
+        response.success, response.message = True, self._ended_message(summary)
         return response
+
+    @staticmethod
+    def _ended_message(summary: dict) -> str:
+        message = (f"episode {summary['episode']} ended ({'success' if summary['success'] else 'failure'}, "
+                   f"{summary['steps']} steps, {summary['interventions']} interventions")
+        if summary.get("success_source") not in (None, "human") or summary.get("disagreement"):
+            message += f"; label from {summary['success_source']}"
+            if summary.get("disagreement"):
+                message += f", disagreement: {summary['disagreement']}"
+        message += ")"
+        if "recorded" in summary:
+            message += (f"; recorded to {summary['recorded']}" if summary["recorded"]
+                        else f"; {summary['not_recorded']}")
+        return message
 
     def latency_summary(self) -> dict:
         def percentiles(values) -> dict:
