@@ -14,6 +14,7 @@ examples:
   irevla iterate --config config/demo.yaml           # the simulated demo (what `make demo` runs)
   irevla iterate --config my_run.yaml --set rl.max_env_steps=50000
   # killed (even kill -9)? run the same command again: finished stages are kept, the current one resumes.
+  irevla iterate morning runs/pick                   # the night's report: runs/pick/morning.md, morning.png
 
 The run directory gets state.json (finished stages), report.md / report.json / report.png, expert/ (D_e),
 d_rl/ (D_RL), sft/, rl-K/, stage2-K/ and eval results. docs/overnight.md explains a robot run.
@@ -39,6 +40,10 @@ def _cmd_iterate(args: argparse.Namespace) -> int:
     from irevla.iterate.config import load_iterate_config
     from irevla.iterate.loop import run_iterate
 
+    if args.config is None:
+        from irevla.errors import UserError
+
+        raise UserError("irevla iterate: --config is required (or: irevla iterate morning RUN_DIR)")
     overrides = parse_overrides(args.set or [])
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
@@ -200,10 +205,29 @@ def add_iterate_parser(commands) -> None:
     parser = commands.add_parser("iterate", help="run the iRe-VLA loop (SFT -> RL -> consolidation -> eval)",
                                  description="Run Algorithm 1 of iRe-VLA as configured; rerun to resume.",
                                  epilog=ITERATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="loop config YAML (irevla/iterate/config.py)")
+    parser.add_argument("--config", help="loop config YAML (irevla/iterate/config.py); required to run the loop")
     parser.add_argument("--run-dir", help="override run_dir")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key (repeatable)")
     parser.set_defaults(func=_cmd_iterate)
+    sub = parser.add_subparsers(dest="iterate_command", metavar="[morning]", title="other actions")
+    morning = sub.add_parser("morning", help="write RUN_DIR/morning.md and morning.png: the night's report",
+                             description="The morning report of an unattended run (irevla.iterate.morning): stages "
+                                         "and their times, episodes and successes per hour, interventions per "
+                                         "episode, detector disagreements, pauses with their reasons and "
+                                         "durations. Reads the run directory only; safe while the run goes on.")
+    morning.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (run_dir of the loop config)")
+    morning.set_defaults(func=_cmd_morning)
+
+
+def _cmd_morning(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from irevla.iterate.morning import MORNING_MD, MORNING_PNG, write_morning_report
+
+    write_morning_report(args.run_dir)
+    print((Path(args.run_dir) / MORNING_MD).read_text())
+    print(f"wrote {Path(args.run_dir) / MORNING_MD} and {Path(args.run_dir) / MORNING_PNG}")
+    return 0
 
 
 def add_learner_parser(commands) -> None:

@@ -36,6 +36,7 @@ from irevla.config import (
     read_config_mapping,
     validate_config,
 )
+from irevla.iterate.cycle import CycleConfig
 from irevla.learner.config import LearnerConfig, PPOConfig  # pydantic only, no jax
 from irevla.learner.registry import get_algorithm  # names only: the learner classes (jax) load when used
 from irevla.metrics_log import LoggingConfig, WandbConfig
@@ -84,6 +85,22 @@ class TaskRef(ConfigModel):
         return f"{self.task}[{self.variation}]" if self.variation else self.task
 
 
+class RewardConfig(ConfigModel):
+    """Where stage 1's success label comes from (`irevla.reward.sources`; docs/overnight.md, "An unattended night")."""
+
+    source: Literal["env", "classifier"] = Field(default="env", description=(
+        "env: the env's success (the simulator's truth; on the robot, robot.success_topic); classifier: a success "
+        "detector on the frozen VLM's latents ends episodes (the env's own success is then only recorded)"))
+    detector: str | None = Field(default=None, description=(
+        "the detector directory (irevla reward train), trained on the VLM of the policy stage 1 starts from"))
+
+    @model_validator(mode="after")
+    def _detector_given(self) -> RewardConfig:
+        if self.source == "classifier" and not self.detector:
+            raise ValueError("source classifier needs detector: a directory written by irevla reward train")
+        return self
+
+
 class RLConfig(ConfigModel):
     """Stage 1: online RL of the head with the VLM frozen, learner in its own process."""
 
@@ -110,6 +127,9 @@ class RLConfig(ConfigModel):
         "colour of the exploration noise over an episode: 0 white (independent steps), 1 pink, 2 red. Coloured "
         "noise keeps a drift for tens of steps, so it explores a consistent offset (e.g. a target further right) "
         "that white noise averages away; the marginal per step is the same Gaussian"))
+    reward: RewardConfig = RewardConfig()
+    cycle: CycleConfig = Field(default_factory=CycleConfig, description=(
+        "the unattended episode cycle: reset hook, episode time limit, pauses on faults (irevla.iterate.cycle)"))
     learner: LearnerConfig = LearnerConfig()
     ppo: dict = Field(default_factory=dict, description="PPO settings (irevla.learner.config.PPOConfig; checked "
                                                         "against it at load, handed to the learner as given)")

@@ -321,7 +321,8 @@ def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, lo
 
     from irevla.data.episode import EpisodeBuilder
     from irevla.data.store import EpisodeStore
-    from irevla.iterate.actor import run_rl_episode
+    from irevla.iterate.actor import DetectorDecides, run_rl_episode
+    from irevla.iterate.cycle import CycleEnv, EpisodeCycle, recorded_episode
     from irevla.iterate.envs import make_task_env
     from irevla.iterate.handoff import merge_head_file
     from irevla.policy.checkpoint import load_policy, save_policy
@@ -344,11 +345,25 @@ def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, lo
         "episodes": 0, "env_steps": 0, "successes": 0, "demo_successes": 0, "demo_attempts": 0, "history": []}
     d_rl = EpisodeStore(run_dir / "d_rl")
     image_size = policy.observation_spec.cameras[policy.cameras[0]][0]
-    env = make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
-                        max_episode_steps=rl.max_episode_steps)
+    reward = _reward_source(config, policy_path, log)
+    # A success written to D_RL just before a kill, not yet counted in actor.json: counted now, not run again.
+    adopt = recorded_episode(d_rl, f"rl-{k}", state["episodes"]) if progress_file.is_file() else None
+    cycle = EpisodeCycle(rl.cycle, stage_dir, log)  # reset hook, time limit, pauses (a leftover pause resumes)
+    env = CycleEnv(make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
+                                 max_episode_steps=rl.max_episode_steps), cycle)
+    if reward.needs_features:
+        env = DetectorDecides(env)
     process, address = _start_learner(stage_dir, config, token_file, log)
     actor_id = f"{'robot' if config.family == 'robot' else 'sim'}-{k}"
     link = ZmqLearnerLink(address, token_file.read_text().strip(), actor_id=actor_id)
+
+    def renew_link(fault) -> None:
+        """A fault mid-episode leaves half an episode in the link (it sends whole episodes): a new link drops it."""
+        nonlocal link
+        if fault.phase == "episode":
+            link.flush(timeout_s=120)
+            link.close()
+            link = ZmqLearnerLink(address, token_file.read_text().strip(), actor_id=actor_id)
     actor = LatentActor(policy, rl.latent, seed=rl.seed + state["episodes"],
                         initial_log_std=rl.learner.sac.initial_log_std, noise_beta=rl.noise_beta,
                         noise_horizon=max(2, env.task_spec.max_episode_steps))
@@ -365,17 +380,27 @@ def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, lo
                     len(exploring) >= rl.plateau_window and rolling >= rl.plateau_success)):
                 break
             episode_index = state["episodes"]
-            builder = EpisodeBuilder(env.task_spec, source="rl", round=k, metadata={
-                "task": ref.task, "variation": ref.variation, "variation_seed": ref.variation_seed,
-                "stage": f"rl-{k}", "episode": episode_index, "explore": not collecting})
             seed = 10_000 * (rl.seed + 1) + episode_index
-            # While collecting the demo rollouts the actor keeps the starting head: they are the current VLA's
-            # successes (the paper's 20), not a mix of whatever heads the learner published meanwhile.
-            success, steps, episode = run_rl_episode(env, actor, link, episode_index, seed,
-                                                     explore=not collecting, builder=builder,
-                                                     follow_learner=not collecting)
-            if success:
-                d_rl.write(episode)  # D_RL: every success of stage 1, kept for stage 2
+            if adopt is not None:
+                log(f"rl-{k}: episode {episode_index} was written to {adopt.path} before the last stop but not "
+                    f"counted: counted now")
+                success, steps, label, episode_return = True, adopt.n_steps, _adopted_record(adopt), 1.0
+                adopt = None
+            else:
+                def attempt(episode_index: int = episode_index, seed: int = seed, collecting: bool = collecting):
+                    builder = EpisodeBuilder(env.task_spec, source="rl", round=k, metadata={
+                        "task": ref.task, "variation": ref.variation, "variation_seed": ref.variation_seed,
+                        "stage": f"rl-{k}", "episode": episode_index, "explore": not collecting})
+                    # While collecting the demo rollouts the actor keeps the starting head: they are the current
+                    # VLA's successes (the paper's 20), not a mix of whatever heads the learner published meanwhile.
+                    return run_rl_episode(env, actor, link, episode_index, seed, explore=not collecting,
+                                          builder=builder, follow_learner=not collecting, reward=reward)
+
+                verdict, steps, episode = cycle.run_episode(episode_index, attempt, on_fault=renew_link)
+                success, label, episode_return = verdict.success, _verdict_record(verdict, episode), \
+                    float(episode.rewards.sum())
+                if success:
+                    d_rl.write(episode)  # D_RL: every success of stage 1, kept for stage 2
             state["episodes"] += 1
             state["env_steps"] += steps
             state["successes"] += int(success)
@@ -384,12 +409,15 @@ def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, lo
                 state["demo_successes"] += int(success)
             history.append({"episode": episode_index, "success": bool(success), "steps": steps,
                             "explore": not collecting, "env_steps": state["env_steps"],
-                            "head_version": actor.version})
+                            "interventions": 0,  # the loop's actor has no teleop: every action is the policy's
+                            "head_version": actor.version, **label})
             # The record before the progress file: a resumed stage drops records past actor.json's env steps, so
             # every counted episode has exactly one.
             exploring = [h["success"] for h in history if h["explore"]][-rl.plateau_window:]
             metrics.write({"step": state["env_steps"], "episode": episode_index, "episode/success": bool(success),
-                           "episode/return": float(episode.rewards.sum()), "episode/steps": steps,
+                           **{f"episode/{key}": value for key, value in history[-1].items()
+                              if key in ("env_success", "false_success", "missed_success", "detector_p")},
+                           "episode/return": episode_return, "episode/steps": steps,
                            "episode/explore": not collecting, "rolling_success": float(np.mean(exploring))
                            if exploring else 0.0, "successes": state["successes"], "head_version": actor.version})
             atomic_write_text(progress_file, json.dumps(state))
@@ -411,23 +439,80 @@ def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, lo
     merge_head_file(policy, stage_dir / "learner" / "head.safetensors")
     save_policy(policy, stage_dir / "policy", info={"stage": f"rl-{k}", "task": ref.label,
                                                     "episodes": state["episodes"], "env_steps": state["env_steps"]})
-    final = _final_rollouts(config, ref, k, policy, state, progress_file, d_rl, image_size, log)
+    final = _final_rollouts(config, ref, k, policy, state, progress_file, d_rl, image_size, log, cycle)
     if final:  # one step past the episodes: a resumed stage (resume_step = env steps) drops and rewrites it
         metrics.write({"step": state["env_steps"] + 1, "rl/final_success": float(np.mean(final)),
                        "rl/final_rollouts": len(final)})
     explored = [h for h in state["history"] if h["explore"]]
-    return {"policy": str(stage_dir / "policy"), "episodes": state["episodes"], "env_steps": state["env_steps"],
+    return {"policy": str(stage_dir / "policy"), "reward": reward_summary(config, state["history"]), "episodes": state["episodes"], "env_steps": state["env_steps"],
             "successes": state["successes"], "demo_rollout_successes": state["demo_successes"],
             "explore_success": float(np.mean([h["success"] for h in explored])) if explored else None,
             "final_successes": int(sum(final)), "final_rollouts": len(final),
             "final_success": float(np.mean(final)) if final else None}
 
 
+def _reward_source(config: IterateConfig, policy_path: str, log: Log):
+    """Stage 1's reward source (`irevla.reward.sources`): the env's success, or a detector checked against the VLM of
+    the policy stage 1 starts from."""
+    from irevla.reward.detector import SuccessDetector
+    from irevla.reward.features import vlm_fingerprint
+    from irevla.reward.sources import make_reward_source
+
+    settings = config.rl.reward
+    if settings.source == "env":
+        return make_reward_source("env")
+    detector = SuccessDetector.load(settings.detector)
+    detector.check_vlm(vlm_fingerprint(policy_path), policy_path, Path(settings.detector) / "detector.json")
+    log(f"stage 1 reward: the success detector {settings.detector} (threshold {detector.threshold:.4f}, "
+        f"{detector.confirm_frames} frame(s) to confirm)")
+    return make_reward_source("classifier", detector)
+
+
+def _verdict_record(verdict, episode) -> dict:
+    """What an episode's history entry keeps about its label: the deciding source and, where the env's truth is
+    known while a detector decides, whether the detector was right."""
+    record: dict = {"source": verdict.source}
+    if verdict.source == "classifier" or verdict.probability is not None:
+        seen = bool(episode.metadata.get("env_success_seen", False))
+        record.update(env_success=seen, false_success=bool(verdict.success and not verdict.env_success),
+                      missed_success=bool(seen and not verdict.success))
+        if verdict.probability is not None:
+            record["detector_p"] = round(float(verdict.probability), 4)
+    return record
+
+
+def _adopted_record(info) -> dict:
+    """The history fields of an episode adopted from D_RL (see `recorded_episode`), from its own metadata."""
+    metadata = info.metadata
+    record: dict = {"source": metadata.get("success_source", "env"), "adopted": True}
+    if "env_success_seen" in metadata:
+        record.update(env_success=bool(metadata["env_success_seen"]),
+                      false_success=not bool(metadata.get("env_success_at_decision", True)), missed_success=False)
+    return record
+
+
+def reward_summary(config: IterateConfig, history: list[dict]) -> dict:
+    """How stage 1's labels were decided; with a detector in simulation, how often it was right."""
+    summary: dict = {"source": config.rl.reward.source}
+    scored = [h for h in history if "false_success" in h]
+    if not scored:
+        return summary
+    declared = [h for h in scored if h["success"]]
+    true = [h for h in declared if not h["false_success"]]
+    happened = [h for h in scored if h["env_success"]]
+    summary.update(episodes=len(scored), declared=len(declared), false_successes=len(declared) - len(true),
+                   missed=sum(h["missed_success"] for h in scored),
+                   precision=len(true) / len(declared) if declared else None,
+                   recall=len(true) / len(happened) if happened else None,
+                   false_successes_per_100=100.0 * (len(declared) - len(true)) / len(scored))
+    return summary
+
+
 FINAL_SEED_START = 50_000  # away from the RL episodes' (10_000 + ...) and evaluation's (100_000 + ...) seeds
 
 
 def _final_rollouts(config: IterateConfig, ref: TaskRef, k: int, policy, state: dict, progress_file: Path, d_rl,
-                    image_size: int, log: Log) -> list[bool]:
+                    image_size: int, log: Log, cycle) -> list[bool]:
     """The RL head's own result: `rl.final_rollouts` episodes of the final mean policy; successes go to D_RL.
 
     Exploring episodes succeed less often than the mean policy they explore around, so without these D_RL would
@@ -435,6 +520,7 @@ def _final_rollouts(config: IterateConfig, ref: TaskRef, k: int, policy, state: 
     (``final``), so a resumed stage does not repeat finished episodes.
     """
     from irevla.data.episode import EpisodeBuilder
+    from irevla.iterate.cycle import CycleEnv
     from irevla.iterate.envs import make_task_env
     from irevla.policy.rollout import run_episode
 
@@ -442,16 +528,20 @@ def _final_rollouts(config: IterateConfig, ref: TaskRef, k: int, policy, state: 
     outcomes: list[bool] = state.setdefault("final", [])
     if len(outcomes) >= rl.final_rollouts:
         return outcomes[:rl.final_rollouts]
-    env = make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
-                        max_episode_steps=rl.max_episode_steps)
+    env = CycleEnv(make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
+                                 max_episode_steps=rl.max_episode_steps), cycle)
     try:
         while len(outcomes) < rl.final_rollouts:
             index = len(outcomes)
             seed = FINAL_SEED_START + 1000 * rl.seed + index
-            builder = EpisodeBuilder(env.task_spec, source="rl", round=k, metadata={
-                "task": ref.task, "variation": ref.variation, "variation_seed": ref.variation_seed,
-                "stage": f"rl-{k}", "final_rollout": index, "seed": seed, "explore": False})
-            success, _, episode = run_episode(env, policy, seed, builder)
+
+            def attempt(index: int = index, seed: int = seed):
+                builder = EpisodeBuilder(env.task_spec, source="rl", round=k, metadata={
+                    "task": ref.task, "variation": ref.variation, "variation_seed": ref.variation_seed,
+                    "stage": f"rl-{k}", "final_rollout": index, "seed": seed, "explore": False})
+                return run_episode(env, policy, seed, builder)
+
+            success, _, episode = cycle.run_episode(index, attempt, series="final")
             if success:
                 d_rl.write(episode)
             outcomes.append(bool(success))
@@ -477,6 +567,7 @@ def current_policy(config: IterateConfig, state: RunState, upto: str) -> str:
 
 
 def run_iterate(config: IterateConfig, log: Log = print, progress_factory=None) -> RunState:
+    from irevla.iterate.morning import write_morning_report
     from irevla.iterate.report import write_report
 
     config.check_stages()  # every SFT stage's settings compose (ConfigError naming the key) before anything runs
@@ -521,6 +612,7 @@ def run_iterate(config: IterateConfig, log: Log = print, progress_factory=None) 
         state.finish(name, time.monotonic() - started, **outputs)
         if name.startswith("eval-") or name.startswith("rl-"):
             write_report(config, state, run_dir)
+            write_morning_report(run_dir)  # what ran, successes per hour, pauses, labels (run_dir/morning.md)
     log(f"all {len(names)} stages finished; report: {run_dir / 'report.md'}")
     return state
 

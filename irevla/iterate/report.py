@@ -108,6 +108,18 @@ def format_markdown(report: dict) -> str:
                          f"{'' if explore is None else f'{explore:.2f}'} | {final_text} | "
                          f"{out.get('seconds', '')} |")
         lines.append("")
+        for name, out in report["rl"].items():
+            reward = out.get("reward") or {}
+            if reward.get("source", "env") == "env":
+                continue
+            line = f"{name}: episodes labelled by the success detector ({reward['source']})"
+            if reward.get("episodes"):  # the env's truth was recorded beside each label (simulation)
+                precision, recall = reward.get("precision"), reward.get("recall")
+                line += (f"; against the simulator's success: precision "
+                         f"{'n/a' if precision is None else f'{precision:.3f}'}, recall "
+                         f"{'n/a' if recall is None else f'{recall:.3f}'}, {reward['false_successes']} false "
+                         f"successes in {reward['episodes']} episodes ({reward['false_successes_per_100']:.1f} per 100)")
+            lines += [line, ""]
     lines += ["Stage times (s): " + ", ".join(f"{k} {v}" for k, v in report["stage_seconds"].items()), ""]
     return "\n".join(lines)
 
