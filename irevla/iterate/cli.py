@@ -33,6 +33,33 @@ stage 1 by hand (the robot; irevla iterate does all of this itself in simulation
 """
 
 
+class StageBar:
+    """A stage's progress bar for `irevla.iterate.loop.run_iterate` (its ProgressFactory): done of total, rate, ETA
+    (tqdm's), and the stage's postfix (successes, loss, ...)."""
+
+    def __init__(self, name: str, total: int, file=None) -> None:
+        from tqdm import tqdm
+
+        # smoothing=0: the rate (and with it the ETA) is the average since the stage started, its start-up included.
+        # An evaluation's episodes end in bursts (a batch's successes close together): a moving average jumps.
+        self.bar = tqdm(total=total, desc=name, unit="step", dynamic_ncols=True, smoothing=0, file=file)
+        self.started = False
+
+    def update(self, info: dict) -> None:
+        self.bar.unit = info.get("unit", "step")
+        if not self.started:
+            self.started = True
+            # a resumed stage's earlier work is no part of this run's rate
+            self.bar.initial = self.bar.n = self.bar.last_print_n = min(info.get("initial", 0), self.bar.total)
+        done = min(info["done"], self.bar.total)
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(info.get("postfix", {}), refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _cmd_iterate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -49,21 +76,8 @@ def _cmd_iterate(args: argparse.Namespace) -> int:
         overrides["run_dir"] = args.run_dir
     config = load_iterate_config(args.config, overrides)  # every stage's settings checked, before anything runs
 
-    class _Bar:
-        def __init__(self, name: str, budget: int) -> None:
-            self.bar = tqdm(total=budget, desc=f"{name} env steps", unit="step", dynamic_ncols=True)
-
-        def update(self, info: dict) -> None:
-            self.bar.n = min(info["env_steps"], self.bar.total)
-            phase = "demo rollouts" if info["collecting"] else "exploring"
-            self.bar.set_postfix(episodes=info["episodes"], successes=info["successes"],
-                                 rolling=f"{info['rolling']:.2f}", phase=phase)
-            self.bar.refresh()
-
-        def close(self) -> None:
-            self.bar.close()
-
-    state = run_iterate(config, progress_factory=_Bar)
+    # Log lines through tqdm.write: printed above the bar of the running stage instead of through it.
+    state = run_iterate(config, log=lambda message: tqdm.write(str(message)), progress_factory=StageBar)
     from pathlib import Path
 
     report = Path(config.run_dir) / "report.md"

@@ -418,10 +418,11 @@ def sft_step_backward(model, policy: VLAPolicy, accelerator, images: dict[str, t
     return loss_sum
 
 
-def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = None, log: Log | None = print
-            ) -> SFTResult:
+def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = None, log: Log | None = print,
+            progress: Callable[[dict], None] | None = None) -> SFTResult:
     """Train per `config` (see the module docstring). `stop_after`: checkpoint and return after that step
-    (a time-boxed job resumes later with ``resume=True``)."""
+    (a time-boxed job resumes later with ``resume=True``). `progress` (main process) gets ``{"step": steps done,
+    "steps": train.steps, "loss": the latest logged training loss or None}`` after every step."""
     from accelerate import Accelerator
 
     say = log or (lambda message: None)
@@ -526,6 +527,9 @@ def run_sft(config: SFTConfig, resume: bool = False, stop_after: int | None = No
         if main and (done % train_config.checkpoint_every == 0 or done == stop):
             write_last(out, policy, optimizer, done,
                        {**info_base, "step": done, "train_loss": loss_value, "val_loss": val_loss})
+        if main and progress is not None:
+            progress({"step": done, "steps": train_config.steps,
+                      "loss": loss_value if math.isfinite(loss_value) else None})
         accelerator.wait_for_everyone()
     elapsed = time.perf_counter() - start_time
     final_step = max(step + 1, start_step) if stop > start_step else start_step

@@ -57,6 +57,8 @@ def test_the_example_config_loads_and_needs_no_ros():
     ({"demos": {"tasks": ["pick-cube"], "episodes": 2}}, r"demos: scripted experts exist only in simulation"),
     ({"init": None}, r"expert_data: family robot needs expert_data \(teleop demos"),
     ({"eval": {"parallel_envs": 4}}, r"eval.parallel_envs: the robot is one arm, so 1"),
+    ({"eval": {"workers": 2}}, r"eval.workers: the robot is one arm, evaluated in the loop's process, so 1"),
+    ({"eval": {"workers": "auto"}}, r"eval.workers: the robot is one arm"),
     ({"unseen_tasks": [{"task": "pick-cube", "variation": "color:red"}]}, r"unseen_tasks\[0\].variation: variations"),
     ({"robot": None}, r"robot: family robot needs a robot section"),
     ({"family": "metaworld"}, r"robot: the robot section is only for family: robot"),
@@ -77,13 +79,14 @@ def test_simulated_tasks_take_no_instruction_and_robot_keys_are_validated(tmp_pa
         _load(tmp_path, _robot_config(robot={"succes_topic": "/x"}))
 
 
-def test_parallel_envs_defaults_to_one_on_the_robot_and_stays_ten_in_simulation(tmp_path):
-    assert _load(tmp_path, _robot_config()).eval.parallel_envs == 1
-    assert _load(tmp_path, _robot_config(eval={"episodes": 3})).eval.parallel_envs == 1
-    assert _load(tmp_path, _robot_config(eval={"parallel_envs": 1})).eval.parallel_envs == 1
+def test_parallel_envs_and_workers_default_to_one_on_the_robot_and_stay_ten_and_auto_in_simulation(tmp_path):
+    for evaluation in (None, {"episodes": 3}, {"parallel_envs": 1}, {"workers": 1}):
+        loaded = _load(tmp_path, _robot_config(eval=evaluation)).eval
+        assert (loaded.parallel_envs, loaded.workers) == (1, 1)
     simulated = {"family": "metaworld", "init": "x", "expert_tasks": [{"task": "reach-v3"}],
                  "rl_tasks": [{"task": "reach-v3"}]}
-    assert _load(tmp_path, simulated).eval.parallel_envs == 10
+    loaded = _load(tmp_path, simulated).eval
+    assert (loaded.parallel_envs, loaded.workers) == (10, "auto")
 
 
 def test_each_task_gets_its_name_instruction_and_the_policys_cameras(tmp_path):
