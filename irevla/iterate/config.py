@@ -49,7 +49,7 @@ SFTOverrides = override_model(SFTConfig)
 # SFT keys the loop sets itself for every stage it runs (a value given for them would be silently replaced).
 _LOOP_SETS = {"data.dirs": "the loop sets it: D_e (demos, expert_data), and D_RL in stage 2",
               "out": "the loop sets it: run_dir/sft, run_dir/stage2-K",
-              "train.threads": "the loop sets it from threads",
+              "train.threads": "the loop sets it from sft_threads (default: threads)",
               "train.wandb": "the loop sets it from logging.wandb"}
 _STAGE2_SETS = {**_LOOP_SETS,
                 "init": "the loop sets it: stage 2 starts from the current policy",
@@ -101,8 +101,40 @@ class RewardConfig(ConfigModel):
         return self
 
 
+class WholePPOConfig(ConfigModel):
+    """The paper's PPO baselines (``rl.trains: whole``): PPO on the whole VLA in the loop's process
+    (`irevla.iterate.whole_ppo`); ``expert_replay > 0`` is PPO-Replay."""
+
+    rollout_episodes: int = Field(default=8, ge=1, description="episodes per PPO iteration, stepped side by side "
+                                                               "(one batched VLA call per step)")
+    epochs: int = Field(default=2, ge=1, description="passes over each iteration's transitions")
+    minibatch: int = Field(default=64, ge=2, description="transitions per gradient step (images re-encoded)")
+    lr: float = Field(default=1.0e-5, gt=0, description="learning rate of the VLM's weights")
+    head_lr: float = Field(default=1.0e-4, gt=0, description="learning rate of the action head, value head and "
+                                                             "log_std")
+    backbone_training: Literal["full", "lora"] = Field(default="full", description=(
+        "what of the VLM PPO trains: full (the paper's baseline: nothing frozen) or lora"))
+    clip: float = Field(default=0.2, gt=0, lt=1)
+    gamma: float = Field(default=0.99, gt=0, le=1)
+    gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    value_coef: float = Field(default=0.5, ge=0)
+    entropy_coef: float = Field(default=0.0, ge=0)
+    initial_log_std: float = Field(default=-2.0, le=0, description="exploration std in unit space: exp(-2) = 0.14")
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    expert_replay: float = Field(default=0.0, ge=0, description=(
+        "PPO-Replay: weight of a behaviour-cloning loss on expert steps of D_e added to every minibatch (0: PPO)"))
+    replay_batch: int = Field(default=32, ge=1, description="expert steps per minibatch when expert_replay > 0")
+
+
 class RLConfig(ConfigModel):
-    """Stage 1: online RL of the head with the VLM frozen, learner in its own process."""
+    """Stage 1: online RL of the head with the VLM frozen, learner in its own process (``trains: head``, iRe-VLA);
+    or the paper's PPO baselines on the whole VLA (``trains: whole``, `WholePPOConfig`)."""
+
+    trains: Literal["head", "whole"] = Field(default="head", description=(
+        "head: iRe-VLA's stage 1 (VLM frozen, the head trained by the learner process on cached latents); whole: "
+        "the paper's PPO / PPO-Replay baselines, PPO on the whole VLA in this process (rl.whole_ppo; family "
+        "robot: not offered)"))
+    whole_ppo: WholePPOConfig = Field(default_factory=WholePPOConfig, description="settings of trains: whole")
 
     algorithm: str = Field(default="sac", description="a name in irevla.learner.registry.ALGORITHMS: sac (SACfD/RLPD, "
                                                       "the paper's real-robot method) or ppo (simulation comparison)")
@@ -186,9 +218,24 @@ class EvalConfig(ConfigModel):
     episodes: int = Field(default=20, ge=1, description="episodes per task in each evaluation")
     seed: int = Field(default=100_000, description="first reset seed (away from demo and RL seeds)")
     max_episode_steps: int | None = Field(default=None, gt=0)
-    parallel_envs: int = Field(default=10, ge=1, description="envs per task stepped side by side with one batched "
-                                                             "policy call (same episodes, less per-call overhead); "
-                                                             "family robot: 1 (one arm; the default becomes 1)")
+    parallel_envs: int = Field(default=10, ge=1, description=(
+        "episodes of a task run side by side, each in its own env, with one batched policy call per step (less "
+        "per-call overhead): a task's seeds are cut into batches of this many. Each worker holds this many envs (a "
+        "64 px Meta-World env ~150 MB). family robot: 1 (one arm; the default becomes 1)"))
+    workers: int | Literal["auto"] = Field(default="auto", description=(
+        "processes that run those batches side by side (simulation), all tasks in one pool: each loads the policy "
+        "from its checkpoint, runs threads torch threads and takes a batch at a time until none is left. A batch's "
+        "episodes depend only on its seeds, so the results do not depend on the count. auto: one per available "
+        "core (at most 4) when an evaluation has at least 4000 env steps (tasks x episodes x time limit), else 1; "
+        "1: in the loop's process. family robot: 1"))
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_auto_or_positive(cls, workers: Any) -> Any:
+        # before the union's own checks, which would name both of its alternatives
+        if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise ValueError("expected 'auto' or an integer >= 1")
+        return workers
 
 
 class IterateConfig(ConfigModel):
@@ -215,7 +262,12 @@ class IterateConfig(ConfigModel):
     rl: RLConfig = RLConfig()
     stage2: Stage2Config = Stage2Config()
     eval: EvalConfig = EvalConfig()
-    threads: int = Field(default=1, ge=1, description="torch CPU threads of the actor / SFT")
+    threads: int = Field(default=1, ge=1, description="torch CPU threads of the loop's process: the stage-1 actor "
+                                                      "(which shares the cores with the learner process), an "
+                                                      "evaluation in this process, and SFT unless sft_threads")
+    sft_threads: int | None = Field(default=None, ge=1, description=(
+        "torch CPU threads of the SFT stages (stage 0 and stage 2 in this process; train.threads of their "
+        "settings); default: threads. Nothing else runs beside them"))
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description=(
         "metrics of every stage besides its metrics.jsonl: TensorBoard events in the stage directories (tensorboard "
         "--logdir run_dir; tensorboard: false also turns off the SFT stages' train.tensorboard) and, off by "
@@ -224,16 +276,19 @@ class IterateConfig(ConfigModel):
     @model_validator(mode="before")
     @classmethod
     def _one_arm_evaluates_one_env(cls, data):
-        """On the robot an unset eval.parallel_envs is 1, not the simulation's 10 (one arm, one env)."""
+        """On the robot an unset eval.parallel_envs / eval.workers is 1, not the simulation's 10 / auto (one arm, one
+        env, the loop's own process)."""
         if not isinstance(data, dict) or data.get("family") != "robot":
             return data
         evaluation = data.get("eval")
+        one_arm = {"parallel_envs": 1, "workers": 1}
         if evaluation is None:
-            return {**data, "eval": {"parallel_envs": 1}}
-        if isinstance(evaluation, dict) and "parallel_envs" not in evaluation:
-            return {**data, "eval": {**evaluation, "parallel_envs": 1}}
-        if isinstance(evaluation, EvalConfig) and "parallel_envs" not in evaluation.model_fields_set:
-            return {**data, "eval": evaluation.model_copy(update={"parallel_envs": 1})}
+            return {**data, "eval": one_arm}
+        if isinstance(evaluation, dict):
+            return {**data, "eval": {**one_arm, **evaluation}}
+        if isinstance(evaluation, EvalConfig):
+            unset = {key: value for key, value in one_arm.items() if key not in evaluation.model_fields_set}
+            return {**data, "eval": evaluation.model_copy(update=unset)} if unset else data
         return data
 
     @model_validator(mode="after")
@@ -254,6 +309,9 @@ class IterateConfig(ConfigModel):
 
     def _check_family(self) -> None:
         groups = {"expert_tasks": self.expert_tasks or (), "rl_tasks": self.rl_tasks, "unseen_tasks": self.unseen_tasks}
+        if self.family != "robot" and self.demos is not None and self.demos.family != self.family:
+            raise ValueError(f"demos.family: the run is family {self.family!r} but its demos would be recorded in "
+                             f"{self.demos.family!r}; set demos.family: {self.family}")
         if self.family != "robot":
             if self.robot is not None:
                 raise ValueError(f"robot: the robot section is only for family: robot (family is {self.family!r})")
@@ -263,6 +321,9 @@ class IterateConfig(ConfigModel):
                         raise ValueError(f"{key}[{i}].instruction: only for family: robot; a simulated task has "
                                          f"its own instruction")
             return
+        if self.rl.trains == "whole":
+            raise ValueError("rl.trains: whole (PPO on the whole VLA, a simulation baseline) is not offered on the "
+                             "robot: thousands of exploring episodes with an unfrozen VLM; use trains: head")
         if self.robot is None:
             raise ValueError("robot: family robot needs a robot section (topics, cameras, success_topic, "
                              "control_hz, max_episode_steps; irevla.robot.config.RobotEnvConfig, "
@@ -276,6 +337,9 @@ class IterateConfig(ConfigModel):
         if self.eval.parallel_envs != 1:
             raise ValueError(f"eval.parallel_envs: the robot is one arm, so 1 (or leave it out), got "
                              f"{self.eval.parallel_envs}")
+        if self.eval.workers != 1:
+            raise ValueError(f"eval.workers: the robot is one arm, evaluated in the loop's process, so 1 (or leave it "
+                             f"out), got {self.eval.workers!r}")
         for key, tasks in groups.items():
             for i, ref in enumerate(tasks):
                 if ref.variation:
@@ -312,10 +376,11 @@ class IterateConfig(ConfigModel):
         return wandb.model_copy(update={"name": f"{wandb.name or run_name}/{stage}", "group": wandb.group or run_name})
 
     def _loop_train(self, stage: str, run_dir: Path) -> dict:
-        """The SFT train settings the loop sets: threads, wandb from logging.wandb (off: wandb's defaults, off), and
-        tensorboard off when logging.tensorboard is (else the SFT settings' own train.tensorboard)."""
+        """The SFT train settings the loop sets: threads (sft_threads, default threads), wandb from logging.wandb (off:
+        wandb's defaults, off), and tensorboard off when logging.tensorboard is (else the SFT settings' own
+        train.tensorboard)."""
         wandb = self.stage_wandb(stage, run_dir) if self.logging.wandb.enabled else WandbConfig()
-        train: dict = {"threads": self.threads, "wandb": wandb.model_dump(mode="json")}
+        train: dict = {"threads": self.sft_threads or self.threads, "wandb": wandb.model_dump(mode="json")}
         if not self.logging.tensorboard:
             train["tensorboard"] = False
         return train

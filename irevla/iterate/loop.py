@@ -50,6 +50,27 @@ from irevla.metrics_log import MetricsLog, check_wandb
 
 Log = Callable[[str], None]
 STATE_FILE = "state.json"
+# progress_factory(name, total) -> a bar with update(info) and close(); info: "done" (of total), "unit" and
+# "postfix" (a dict to show), plus stage 1's own keys (episodes, env_steps, rolling, ...). The first update, right
+# when the bar is made, also has "initial": what a resumed stage had done before. `irevla iterate` makes tqdm bars
+# (irevla.iterate.cli.StageBar); every stage that runs for more than a few seconds reports to one.
+ProgressFactory = Callable[[str, int], Any]
+
+
+class _NoBar:
+    def update(self, info: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(progress_factory: ProgressFactory | None, name: str, total: int, unit: str, initial: int = 0):
+    if progress_factory is None:
+        return _NoBar()
+    bar = progress_factory(name, total)
+    bar.update({"done": initial, "initial": initial, "unit": unit, "postfix": {}})
+    return bar
 
 
 class LoopError(UserError, RuntimeError):
@@ -128,7 +149,17 @@ def _checkpoint_step(out: Path) -> int:
     return int(json.loads(trainer.read_text()).get("step", 0)) if trainer.is_file() else 0
 
 
-def stage_sft(config: IterateConfig, run_dir: Path, log: Log) -> dict:
+def _sft_progress(bar) -> Callable[[dict], None]:
+    """run_sft's per-step progress, as the loop's bar info."""
+    def update(info: dict) -> None:
+        loss = info.get("loss")
+        bar.update({"done": info["step"], "unit": "step",
+                    "postfix": {"loss": f"{loss:.4f}"} if loss is not None else {}})
+    return update
+
+
+def stage_sft(config: IterateConfig, run_dir: Path, log: Log, progress_factory: ProgressFactory | None = None
+              ) -> dict:
     from irevla.policy.sft import run_sft
 
     out = run_dir / "sft"
@@ -136,12 +167,54 @@ def stage_sft(config: IterateConfig, run_dir: Path, log: Log) -> dict:
     resumed_from = _checkpoint_step(out)
     if resumed_from:
         log(f"stage 0 resumes from step {resumed_from}")
-    result = run_sft(sft, resume=resumed_from > 0, log=log)
+    bar = _bar(progress_factory, "sft", sft.train.steps, "step", resumed_from)
+    try:
+        result = run_sft(sft, resume=resumed_from > 0, log=log, progress=_sft_progress(bar))
+    finally:
+        bar.close()
     return {"policy": str(out / "policy"), "val_loss": result.val_loss, "resumed_from_step": resumed_from}
 
 
-def stage_eval(config: IterateConfig, policy_path: str, log: Log) -> dict:
-    """Success of the policy on every task of the three groups."""
+def stage_eval(config: IterateConfig, policy_path: str, log: Log, progress_factory: ProgressFactory | None = None,
+               name: str = "eval") -> dict:
+    """Success of the policy on every task of the three groups.
+
+    Simulated families: `evaluate_checkpoint`, all tasks in one pool of ``eval.workers`` processes (or in this one);
+    the robot: task after task in this process, on the env `make_task_env` builds."""
+    groups = {"expert": config.expert_group, "rl": config.rl_tasks, "unseen": config.unseen_tasks}
+    refs = [(group, ref) for group, tasks in groups.items() for ref in tasks]
+    bar = _bar(progress_factory, name, len(refs) * config.eval.episodes, "ep")
+    ended = {"episodes": 0, "successes": 0}
+
+    def on_episode(index: int, seed: int, success: bool, steps: int) -> None:
+        ended["episodes"] += 1
+        ended["successes"] += int(success)
+        bar.update({"done": ended["episodes"], "unit": "ep", "postfix": {"successes": ended["successes"]}})
+
+    try:
+        if config.family == "robot":
+            tasks = _evaluate_on_robot(config, policy_path, [ref for _, ref in refs], log, on_episode)
+        else:
+            from irevla.policy.rollout import EvalTask, evaluate_checkpoint
+
+            report = evaluate_checkpoint(
+                policy_path, [EvalTask(ref.task, ref.variation, ref.variation_seed) for _, ref in refs],
+                episodes=config.eval.episodes, family=config.family, seed=config.eval.seed,
+                max_episode_steps=config.eval.max_episode_steps, parallel_envs=config.eval.parallel_envs,
+                workers=config.eval.workers, threads=config.threads, on_episode=on_episode)
+            tasks = report.tasks
+    finally:
+        bar.close()
+    results: dict[str, dict] = {group: {} for group in groups}
+    for (group, ref), task in zip(refs, tasks, strict=True):
+        results[group][ref.label] = {"successes": task.successes, "episodes": task.episodes,
+                                     "rate": task.success_rate, "seconds": round(task.seconds, 1)}
+        log(f"  {group:7s} {ref.label:40s} {task.successes:3d}/{task.episodes}")
+    return {"policy": policy_path, "groups": results}
+
+
+def _evaluate_on_robot(config: IterateConfig, policy_path: str, refs: list[TaskRef], log: Log, on_episode) -> list:
+    """The robot's evaluation: one env, task after task, in this process."""
     import torch
 
     from irevla.iterate.envs import make_task_env
@@ -151,42 +224,44 @@ def stage_eval(config: IterateConfig, policy_path: str, log: Log) -> dict:
     torch.set_num_threads(config.threads)
     policy = load_policy(policy_path)
     image_size = policy.observation_spec.cameras[policy.cameras[0]][0]
-    if config.family == "robot":
-        log("  robot: episode seeds only label the episodes; the start is the home pose and whatever scene is set up")
-    groups = {"expert": config.expert_group, "rl": config.rl_tasks, "unseen": config.unseen_tasks}
-    results: dict[str, dict] = {}
-    for group, tasks in groups.items():
-        results[group] = {}
-        for ref in tasks:
-            def make_env(task: str, ref: TaskRef = ref):
-                return make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
-                                     max_episode_steps=config.eval.max_episode_steps)
+    log("  robot: episode seeds only label the episodes; the start is the home pose and whatever scene is set up")
+    tasks = []
+    for index, ref in enumerate(refs):
+        def make_env(task: str, ref: TaskRef = ref):
+            return make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
+                                 max_episode_steps=config.eval.max_episode_steps)
 
-            report = evaluate_policy(policy, [ref.task], episodes=config.eval.episodes, family=config.family,
-                                     seed=config.eval.seed, max_episode_steps=config.eval.max_episode_steps,
-                                     variation=ref.variation, variation_seed=ref.variation_seed,
-                                     parallel_envs=config.eval.parallel_envs, make_env=make_env)
-            task = report.tasks[0]
-            results[group][ref.label] = {"successes": task.successes, "episodes": task.episodes,
-                                         "rate": task.success_rate, "seconds": round(task.seconds, 1)}
-            log(f"  {group:7s} {ref.label:40s} {task.successes:3d}/{task.episodes}")
-    return {"policy": policy_path, "groups": results}
+        report = evaluate_policy(policy, [ref.task], episodes=config.eval.episodes, family=config.family,
+                                 seed=config.eval.seed, max_episode_steps=config.eval.max_episode_steps,
+                                 variation=ref.variation, variation_seed=ref.variation_seed,
+                                 parallel_envs=config.eval.parallel_envs, make_env=make_env,
+                                 on_episode=lambda _, *ended, index=index: on_episode(index, *ended))
+        tasks += report.tasks
+    return tasks
 
 
-def stage_stage2(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log: Log) -> dict:
+def stage_stage2(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log: Log,
+                 progress_factory: ProgressFactory | None = None) -> dict:
     from irevla.policy.checkpoint import read_manifest
 
     out = run_dir / f"stage2-{k}"
     stage2 = config.stage2
     training = config.stage2_training
     sft = config.stage2_sft(k, policy_path, run_dir)  # typed: sft_config + overrides + D_e + D_RL, the policy
+    sft, note = _without_empty_d_rl_weighting(sft)
+    if note:
+        log(f"stage2-{k}: {note}")
     if stage2.command is None:
         from irevla.policy.sft import run_sft
 
         resumed_from = _checkpoint_step(out)
-        result = run_sft(sft, resume=resumed_from > 0, log=log)
+        bar = _bar(progress_factory, f"stage2-{k}", sft.train.steps, "step", resumed_from)
+        try:
+            result = run_sft(sft, resume=resumed_from > 0, log=log, progress=_sft_progress(bar))
+        finally:
+            bar.close()
         return {"policy": str(out / "policy"), "val_loss": result.val_loss, "backbone_training": training,
-                "resumed_from_step": resumed_from}
+                "resumed_from_step": resumed_from, **({"note": note} if note else {})}
     # Dispatched elsewhere: the other process needs the settings as a file (`irevla sft --config {config}`).
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "stage2.yaml"
@@ -205,6 +280,28 @@ def stage_stage2(config: IterateConfig, run_dir: Path, k: int, policy_path: str,
         raise LoopError(f"stage2-{k}: {out / 'policy'}: the dispatched run left no valid checkpoint: {exc}") from None
     log(f"stage 2 finished remotely in {time.monotonic() - started:.0f} s (checkpoint {manifest['checkpoint_id']})")
     return {"policy": str(out / "policy"), "backbone_training": training, "dispatched": True}
+
+
+def _without_empty_d_rl_weighting(sft):
+    """Stage 2's settings, without ``data.expert_fraction`` when D_RL has no training episode (stage 1 found no
+    success, or its few went to the validation split): the weighted draw needs both sides, and consolidating on D_e
+    alone is then what stage 2 can do. Returns (settings, a note for the log or None)."""
+    from irevla.policy.sft import load_episodes
+
+    data = sft.data
+    if data.expert_fraction is None:
+        return sft, None
+    try:
+        train, _ = load_episodes(sft)
+    except Exception:  # noqa: BLE001 -- no readable episodes: run_sft reports that itself, naming the directories
+        return sft, None
+    expert_dir = Path(data.dirs[0]).resolve()
+    d_rl = [info for info in train if Path(info.path).resolve().parent != expert_dir]
+    if d_rl:
+        return sft, None
+    note = (f"D_RL ({', '.join(map(str, data.dirs[1:]))}) has no training episode, so data.expert_fraction "
+            f"{data.expert_fraction} is dropped: stage 2 trains on D_e alone")
+    return sft.model_copy(update={"data": data.model_copy(update={"expert_fraction": None})}), note
 
 
 # ---------------------------------------------------------------------------------------------------- stage 1
@@ -284,7 +381,7 @@ def _stop_learner(process: subprocess.Popen, log: Log, timeout_s: float = 300) -
 
 
 def _write_learner_init(stage_dir: Path, config: IterateConfig, policy, ref: TaskRef, run_dir: Path,
-                        log: Log) -> None:
+                        log: Log, progress: bool = False) -> None:
     """What the learner process starts from: head spec, actor head, learner settings and the demo buffer
     (`irevla.iterate.handoff.write_learner_init`, which `irevla learner init` also runs)."""
     import torch
@@ -298,24 +395,48 @@ def _write_learner_init(stage_dir: Path, config: IterateConfig, policy, ref: Tas
     # A run that starts from `init` without expert_data has no D_e: the demo buffer is then the VLA's own rollouts.
     expert_dirs = _expert_dirs(config, run_dir) if rl.expert_demos else []
     write_learner_init(init, policy, latent=rl.latent, algorithm=rl.algorithm, learner=rl.learner, ppo=rl.ppo,
-                       demo_dirs=expert_dirs or None, task=ref.task, log=log)
+                       demo_dirs=expert_dirs or None, task=ref.task, log=log, progress=progress)
     torch.set_num_threads(config.threads)
 
 
+def _rl_progress(bar) -> Callable[[dict], None]:
+    """Stage 1's progress after an episode (episodes, env_steps, budget, rolling, collecting, successes, elapsed), as
+    the loop's bar info."""
+    def update(info: dict) -> None:
+        bar.update({**info, "done": info["env_steps"], "unit": "step", "postfix": {
+            "episodes": info["episodes"], "successes": info["successes"], "rolling": f"{info['rolling']:.2f}",
+            "phase": "demo rollouts" if info["collecting"] else "exploring"}})
+    return update
+
+
 def stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log: Log,
-             progress: Callable[[dict], None] | None = None) -> dict:
+             progress: Callable[[dict], None] | None = None, progress_factory: ProgressFactory | None = None) -> dict:
     """Stage 1 on RL task k: the actor (this process) runs episodes, the learner (a child process) trains.
 
     The actor's metrics go to rl-K (one record per episode, step: env steps so far); a resumed stage drops the
-    records past the env steps actor.json counts."""
+    records past the env steps actor.json counts. `progress` gets the actor's progress after every episode;
+    `progress_factory` makes bars: the demos' encoding, env steps (unless `progress` is given), final rollouts."""
     progress_file = run_dir / f"rl-{k}" / "actor.json"
     resume_step = json.loads(progress_file.read_text())["env_steps"] if progress_file.is_file() else None
+    if config.rl.trains == "whole":  # the paper's PPO baselines: the whole VLA, in this process
+        from irevla.iterate.whole_ppo import LAST, stage_rl_whole
+
+        trainer = run_dir / f"rl-{k}" / LAST / "trainer.json"
+        resume_step = json.loads(trainer.read_text())["env_steps"] if trainer.is_file() else None
+        bar = _bar(progress_factory if progress is None else None, f"rl-{k}", config.rl.max_env_steps, "step",
+                   resume_step or 0)
+        try:
+            with stage_metrics(config, run_dir, f"rl-{k}", resume_step, "rl-whole-ppo") as metrics:
+                return stage_rl_whole(config, run_dir, k, policy_path, log, progress or _rl_progress(bar), metrics)
+        finally:
+            bar.close()
     with stage_metrics(config, run_dir, f"rl-{k}", resume_step, "rl-actor") as metrics:
-        return _stage_rl(config, run_dir, k, policy_path, log, progress, metrics)
+        return _stage_rl(config, run_dir, k, policy_path, log, progress, metrics, progress_factory)
 
 
 def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, log: Log,
-              progress: Callable[[dict], None] | None, metrics: MetricsLog) -> dict:
+              progress: Callable[[dict], None] | None, metrics: MetricsLog,
+              progress_factory: ProgressFactory | None = None) -> dict:
     import numpy as np
     import torch
 
@@ -335,7 +456,7 @@ def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, lo
     stage_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
     policy = load_policy(policy_path)
-    _write_learner_init(stage_dir, config, policy, ref, run_dir, log)
+    _write_learner_init(stage_dir, config, policy, ref, run_dir, log, progress=progress_factory is not None)
     token_file = stage_dir / "learner.token"
     if not token_file.is_file():
         token_file.touch(mode=0o600)
@@ -369,6 +490,8 @@ def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, lo
                         noise_horizon=max(2, env.task_spec.max_episode_steps))
     started = time.monotonic()
     finished = False
+    bar = _bar(progress_factory if progress is None else None, f"rl-{k}", rl.max_env_steps, "step",
+               state["env_steps"])
     try:
         while True:
             history = state["history"]
@@ -421,14 +544,15 @@ def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, lo
                            "episode/explore": not collecting, "rolling_success": float(np.mean(exploring))
                            if exploring else 0.0, "successes": state["successes"], "head_version": actor.version})
             atomic_write_text(progress_file, json.dumps(state))
-            if progress is not None:
-                progress({"episodes": state["episodes"], "env_steps": state["env_steps"],
-                          "budget": rl.max_env_steps, "rolling": rolling, "collecting": collecting,
-                          "successes": state["successes"], "elapsed": time.monotonic() - started})
+            (progress or _rl_progress(bar))({
+                "episodes": state["episodes"], "env_steps": state["env_steps"], "budget": rl.max_env_steps,
+                "rolling": rolling, "collecting": collecting, "successes": state["successes"],
+                "elapsed": time.monotonic() - started})
         if not link.flush(timeout_s=120):
             log("warning: the learner did not acknowledge every transition before the stop")
         finished = True
     finally:
+        bar.close()
         link.close()
         env.close()
         try:
@@ -439,7 +563,8 @@ def _stage_rl(config: IterateConfig, run_dir: Path, k: int, policy_path: str, lo
     merge_head_file(policy, stage_dir / "learner" / "head.safetensors")
     save_policy(policy, stage_dir / "policy", info={"stage": f"rl-{k}", "task": ref.label,
                                                     "episodes": state["episodes"], "env_steps": state["env_steps"]})
-    final = _final_rollouts(config, ref, k, policy, state, progress_file, d_rl, image_size, log, cycle)
+    final = _final_rollouts(config, ref, k, policy, state, progress_file, d_rl, image_size, log, cycle,
+                            progress_factory)
     if final:  # one step past the episodes: a resumed stage (resume_step = env steps) drops and rewrites it
         metrics.write({"step": state["env_steps"] + 1, "rl/final_success": float(np.mean(final)),
                        "rl/final_rollouts": len(final)})
@@ -512,7 +637,8 @@ FINAL_SEED_START = 50_000  # away from the RL episodes' (10_000 + ...) and evalu
 
 
 def _final_rollouts(config: IterateConfig, ref: TaskRef, k: int, policy, state: dict, progress_file: Path, d_rl,
-                    image_size: int, log: Log, cycle) -> list[bool]:
+                    image_size: int, log: Log, cycle, progress_factory: ProgressFactory | None = None
+                    ) -> list[bool]:
     """The RL head's own result: `rl.final_rollouts` episodes of the final mean policy; successes go to D_RL.
 
     Exploring episodes succeed less often than the mean policy they explore around, so without these D_RL would
@@ -530,6 +656,7 @@ def _final_rollouts(config: IterateConfig, ref: TaskRef, k: int, policy, state: 
         return outcomes[:rl.final_rollouts]
     env = CycleEnv(make_task_env(config, ref, cameras=policy.cameras, image_size=image_size,
                                  max_episode_steps=rl.max_episode_steps), cycle)
+    bar = _bar(progress_factory, f"rl-{k} final rollouts", rl.final_rollouts, "ep", len(outcomes))
     try:
         while len(outcomes) < rl.final_rollouts:
             index = len(outcomes)
@@ -546,7 +673,9 @@ def _final_rollouts(config: IterateConfig, ref: TaskRef, k: int, policy, state: 
                 d_rl.write(episode)
             outcomes.append(bool(success))
             atomic_write_text(progress_file, json.dumps(state))
+            bar.update({"done": len(outcomes), "unit": "ep", "postfix": {"successes": sum(outcomes)}})
     finally:
+        bar.close()
         env.close()
     log(f"rl-{k}: the final head succeeded in {sum(outcomes)}/{len(outcomes)} episodes (kept in D_RL)")
     return outcomes
@@ -566,7 +695,8 @@ def current_policy(config: IterateConfig, state: RunState, upto: str) -> str:
     return path
 
 
-def run_iterate(config: IterateConfig, log: Log = print, progress_factory=None) -> RunState:
+def run_iterate(config: IterateConfig, log: Log = print, progress_factory: ProgressFactory | None = None
+                ) -> RunState:
     from irevla.iterate.morning import write_morning_report
     from irevla.iterate.report import write_report
 
@@ -590,21 +720,16 @@ def run_iterate(config: IterateConfig, log: Log = print, progress_factory=None) 
         if name == "demos":
             outputs = stage_demos(config, run_dir, log)
         elif name == "sft":
-            outputs = stage_sft(config, run_dir, log)
+            outputs = stage_sft(config, run_dir, log, progress_factory)
         elif name.startswith("eval-"):
-            outputs = stage_eval(config, current_policy(config, state, name), log)
+            outputs = stage_eval(config, current_policy(config, state, name), log, progress_factory, name)
         elif name.startswith("rl-"):
             k = int(name.split("-")[1])
-            bar = progress_factory(name, config.rl.max_env_steps) if progress_factory else None
-            try:
-                outputs = stage_rl(config, run_dir, k, current_policy(config, state, name), log,
-                                   progress=bar.update if bar else None)
-            finally:
-                if bar:
-                    bar.close()
+            outputs = stage_rl(config, run_dir, k, current_policy(config, state, name), log,
+                               progress_factory=progress_factory)
         elif name.startswith("stage2-"):
             k = int(name.split("-")[1])
-            outputs = stage_stage2(config, run_dir, k, current_policy(config, state, name), log)
+            outputs = stage_stage2(config, run_dir, k, current_policy(config, state, name), log, progress_factory)
         else:  # pragma: no cover - stage_names and this dispatch are written together
             raise LoopError(f"unknown stage {name}")
         if name.startswith("eval-"):

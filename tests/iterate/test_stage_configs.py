@@ -35,7 +35,8 @@ DEMO_STAGE0 = {
               "gradient_checkpointing": False,
               "head_lr": 0.0001, "huber_delta": 1.0, "jitter_brightness": 0.0, "jitter_contrast": 0.0,
               "jitter_saturation": 0.0, "log_every": 50, "loss": "mse", "lr": 0.0001, "mixed_precision": "no",
-              "schedule": "cosine", "seed": 0, "shift_pixels": 0, "steps": 1200, "tensorboard": True, "threads": 1,
+              "schedule": "cosine", "seed": 0, "shift_pixels": 0, "steps": 1200, "tensorboard": True,
+              "threads": 2,  # sft_threads: 2 since issue 19 (it was the loop's threads: 1)
               "val_batches": 20, "warmup_steps": 50, "weight_decay": 0.01,
               # the loop sets train.wandb from its logging.wandb (off by default: wandb's defaults)
               "wandb": {"dir": None, "enabled": False, "entity": None, "group": None, "mode": None, "name": None,
@@ -85,7 +86,8 @@ def test_demo_learner_and_eval_settings_are_typed():
     config = load_iterate_config(DEMO)
     assert isinstance(config.rl.learner, LearnerConfig) and isinstance(config.eval, EvalConfig)
     assert (config.rl.learner.sac.num_critics, config.rl.learner.sac.critic_hidden) == (4, (128, 128))
-    assert (config.eval.episodes, config.eval.parallel_envs) == (30, 10)
+    assert (config.eval.episodes, config.eval.parallel_envs, config.eval.workers) == (30, 5, "auto")
+    assert (config.threads, config.sft_threads, config.stage0_sft().train.threads) == (1, 2, 2)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -103,6 +105,9 @@ def test_demo_learner_and_eval_settings_are_typed():
     ({"rl": {"learner": {"sac": {"discont": 0.9}}}}, r"run.yaml: rl.learner.sac.discont: unknown key"),
     ({"rl": {"ppo": {"clip": "wide"}}}, r"run.yaml: rl.ppo: clip: Input should be a valid number"),
     ({"eval": {"episodse": 3}}, r"run.yaml: eval.episodse: unknown key"),
+    ({"eval": {"workers": 0}}, r"run.yaml: eval.workers: expected 'auto' or an integer >= 1 \(got 0\)"),
+    ({"eval": {"workers": "all"}}, r"run.yaml: eval.workers: expected 'auto' or an integer >= 1 \(got 'all'\)"),
+    ({"eval": {"workers": 2.5}}, r"run.yaml: eval.workers: expected 'auto' or an integer >= 1 \(got 2.5\)"),
 ])
 def test_a_typo_in_a_stage_fails_at_load_naming_the_key(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -156,7 +161,8 @@ def test_stage2_in_this_process_writes_no_yaml_for_itself(tmp_path, monkeypatch)
     class _Result:
         val_loss = 0.5
 
-    monkeypatch.setattr(sft_module, "run_sft", lambda sft, resume, log: received.append(sft) or _Result())
+    monkeypatch.setattr(sft_module, "run_sft",
+                        lambda sft, resume, log, progress=None: received.append(sft) or _Result())
     outputs = loop.stage_stage2(config, tmp_path / "run", 1, "runs/x/policy", log=lambda message: None)
     assert received == [config.stage2_sft(1, "runs/x/policy", tmp_path / "run")]
     assert outputs["backbone_training"] == "lora" and not (tmp_path / "run" / "stage2-1" / "stage2.yaml").exists()
@@ -172,3 +178,33 @@ def test_the_iterate_command_stops_on_a_bad_set_before_anything_runs(tmp_path, c
     assert main(["iterate", "--config", str(DEMO), "--run-dir", str(run_dir), "--set", "rl.max_env_steps"]) == 2
     assert "--set 'rl.max_env_steps': expected KEY=VALUE" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_stage2_without_d_rl_training_episodes_drops_the_weighted_draw(tmp_path):
+    """Stage 1 that found no success leaves D_RL empty: stage 2 then trains on D_e alone (the weighted draw needs both
+    sides) and says so, instead of stopping an overnight run; with D_RL episodes the weighting is kept."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "policy"))
+    from policy_factory import write_dataset
+
+    from irevla.iterate.loop import _without_empty_d_rl_weighting
+
+    write_dataset(tmp_path / "expert", episodes_per_task=3)
+    (tmp_path / "d_rl").mkdir()
+    sft = SFTConfig.model_validate({"data": {"dirs": [str(tmp_path / "expert"), str(tmp_path / "d_rl")],
+                                             "expert_fraction": 0.6}, "out": str(tmp_path / "out")})
+    dropped, note = _without_empty_d_rl_weighting(sft)
+    assert dropped.data.expert_fraction is None and "no training episode" in note and "d_rl" in note
+    write_dataset(tmp_path / "d_rl", episodes_per_task=4)
+    kept, note = _without_empty_d_rl_weighting(sft)
+    assert kept.data.expert_fraction == 0.6 and note is None
+
+
+def test_demos_are_recorded_in_the_runs_family():
+    from irevla.config import validate_config
+    from irevla.iterate.config import IterateConfig
+
+    with pytest.raises(ConfigError, match="demos.family: the run is family 'kitchen'.*set demos.family: kitchen"):
+        validate_config({"family": "kitchen", "demos": {"tasks": ["light-on"], "episodes": 1},
+                         "rl_tasks": [{"task": "light-on"}]}, IterateConfig)
