@@ -89,7 +89,7 @@ def loop_config(method: str, seed: int, run_dir: Path, base: Path, s: dict) -> d
           "final_rollouts": s["final_rollouts"], "demo_rollouts": s["demo_rollouts"],
           "demo_rollout_attempts": s["demo_rollouts"]}
     config: dict = {
-        "run_dir": str(run_dir), "family": "metaworld",
+        "run_dir": str(run_dir), "family": "metaworld", "sft_threads": 2,
         "sft_config": str(REPO / "config" / "sft.yaml"),
         "sft_overrides": {"train.steps": s["sft_steps"], "train.eval_every": max(1, s["sft_steps"] // 4),
                           "train.checkpoint_every": max(1, s["sft_steps"] // 8), "train.seed": seed,
@@ -99,7 +99,7 @@ def loop_config(method: str, seed: int, run_dir: Path, base: Path, s: dict) -> d
         "rl_tasks": s["rl"], "unseen_tasks": s["unseen"], "rl": rl,
         "stage2": {"steps": s["stage2_steps"], "backbone_training": "lora",
                    "overrides": {"data.expert_fraction": 0.6}},
-        "eval": {"episodes": s["eval_episodes"], "max_episode_steps": s["eval_steps"]},
+        "eval": {"episodes": s["eval_episodes"], "max_episode_steps": s["eval_steps"], "parallel_envs": 5},
     }
     if method == "ire-vla":
         config["demos"] = {"tasks": s["expert"], "episodes": s["demos"], "action_noise": 0.2, "seed": seed,
@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = []
     if not args.report:
-        order = ["ire-vla", *[m for m in METHODS if m not in ("ire-vla", "sft-only")]]
+        # ire-vla first (the others start from its stage 0), then the baselines the paper compares against most
+        order = ["ire-vla", "ppo-replay", "ppo", "stage1-only", "ire-vla-freeze"]
         for seed in args.seeds:
             for method in order:
                 if method not in args.methods and not (method == "ire-vla" and set(args.methods) - {"ire-vla"}):
