@@ -236,16 +236,44 @@ class SwappedInstruction:
 
 
 # ------------------------------------------------------------------------------------------------------ report
-def group_rates(run_dir: Path, stage: str) -> dict[str, float] | None:
-    """Mean success over each group's tasks at `stage` (eval-K) of a run, or None when it has not finished."""
+def task_rates(run_dir: Path, stage: str) -> dict[str, dict[str, float]] | None:
+    """Each task's success at `stage` (eval-K) of a run, by group, or None when it has not finished."""
     path = run_dir / "state.json"
     if not path.is_file():
         return None
     stages = json.loads(path.read_text())["stages"]
     if stage not in stages:
         return None
-    groups = stages[stage]["groups"]
-    return {g: sum(t["rate"] for t in groups[g].values()) / len(groups[g]) for g in GROUPS if groups.get(g)}
+    return {g: {task: t["rate"] for task, t in stages[stage]["groups"].get(g, {}).items()} for g in GROUPS}
+
+
+def group_rates(run_dir: Path, stage: str) -> dict[str, float] | None:
+    """Mean success over each group's tasks at `stage` (eval-K) of a run, or None when it has not finished."""
+    rates = task_rates(run_dir, stage)
+    if rates is None:
+        return None
+    return {g: sum(tasks.values()) / len(tasks) for g, tasks in rates.items() if tasks}
+
+
+def collect_tasks(out: Path, seeds: list[int], n_rl: int) -> dict:
+    """per_task[method][after_k][task] = list of per-seed rates (the groups' tasks, in group order)."""
+    per_task: dict = {m: {k: {} for k in range(n_rl + 1)} for m in METHODS}
+    for seed in seeds:
+        base = out / f"seed-{seed}" / "ire-vla"
+        for method in METHODS:
+            run_dir = base if method in ("sft-only", "ire-vla") else out / f"seed-{seed}" / method
+            for k in range(n_rl + 1):
+                rates = task_rates(run_dir, "eval-0" if method == "sft-only" else f"eval-{k}")
+                for group_rates_ in (rates or {}).values():
+                    for task, rate in group_rates_.items():
+                        per_task[method][k].setdefault(task, []).append(rate)
+    return per_task
+
+
+def seeds_on_disk(out: Path) -> list[int]:
+    """The seeds with a directory under `out` (started in this or an earlier sitting)."""
+    return sorted(int(p.name.split("-", 1)[1]) for p in out.glob("seed-*") if p.is_dir()
+                  and p.name.split("-", 1)[1].isdigit())
 
 
 def collect(out: Path, seeds: list[int], n_rl: int) -> dict:
@@ -275,10 +303,15 @@ def _cell(values: list[float]) -> str:
 
 def write_report(out: Path, seeds: list[int], s: dict) -> str:
     n_rl = len(s["rl"])
+    # Every seed started here counts, whichever sitting ran it (`--seeds 2` alone must not drop seeds 0 and 1).
+    asked = seeds
+    seeds = sorted(set(seeds) | set(seeds_on_disk(out)))
     results = collect(out, seeds, n_rl)
+    per_task = collect_tasks(out, seeds, n_rl)
     instructions = {seed: json.loads((out / f"seed-{seed}" / "instruction.json").read_text())
                     for seed in seeds if (out / f"seed-{seed}" / "instruction.json").is_file()}
-    lines = [f"Mean ± std over the seeds finished (number of seeds in brackets); seeds asked: {seeds}.", ""]
+    lines = [f"Mean ± std over the seeds finished (number of seeds in brackets); seeds started or asked: {seeds}"
+             f" (this sitting: {asked}).", ""]
     for k in range(1, n_rl + 1):
         lines += [f"After RL task {k} ({s['rl'][k - 1]['name']}):", "",
                   "| method | expert | rl | unseen | paper (expert / rl / unseen) |", "|---|---|---|---|---|"]
@@ -287,6 +320,19 @@ def write_report(out: Path, seeds: list[int], s: dict) -> str:
             paper = PAPER.get(method)
             paper_text = " / ".join("-" if paper[g] is None else f"{paper[g]:.2f}" for g in GROUPS) if paper else "-"
             lines.append(f"| {method} | " + " | ".join(_cell(row[g]) for g in GROUPS) + f" | {paper_text} |")
+        lines.append("")
+    for k in range(1, n_rl + 1):
+        tasks = list(per_task["sft-only"][0]) or list(per_task["ire-vla"][k])
+        if not tasks:
+            continue
+        lines += [f"Per task after RL task {k} (mean over the seeds finished):", "",
+                  "| task | " + " | ".join(METHODS) + " |", "|---|" + "---:|" * len(METHODS)]
+        for task in tasks:
+            cells = []
+            for method in METHODS:
+                values = per_task[method][0 if method == "sft-only" else k].get(task, [])
+                cells.append(f"{sum(values) / len(values):.2f}" if values else "-")
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines.append("")
     if instructions:
         lines += ["Instruction check (stage-0 policy, per expert task: its own instruction vs another task's):", "",
@@ -300,6 +346,7 @@ def write_report(out: Path, seeds: list[int], s: dict) -> str:
     text = "\n".join(lines)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps({"seeds": seeds, "settings": s, "results": results,
+                                                  "per_task": per_task,
                                                   "instruction_check": instructions, "paper": PAPER}, indent=1))
     _plot(out, results, n_rl)
     return text
